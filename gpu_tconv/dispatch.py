@@ -1,0 +1,99 @@
+"""From a public call to a backend: array conversion, validation, backend choice.
+
+The backends share one signature, ``conv_transpose(x, weight, bias, geometry)``, and
+each works on its own kind of array (CuPy for ``cuda``, NumPy for the others); this
+module moves operands to where the chosen backend runs and the result back to where
+``x`` came from (NumPy in, NumPy out; CuPy in, CuPy out on the same device).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import cuda_backend, emulated_backend, numpy_backend
+from .geometry import IntOrTuple, check_dtypes, geometry_from_shapes
+
+BACKENDS = ("auto", "cuda", "numpy", "emulated")
+_HOST_BACKENDS = {"numpy": numpy_backend.conv_transpose,
+                  "emulated": emulated_backend.conv_transpose}
+
+
+def available_backends() -> list[str]:
+    """The backends usable on this machine (``"auto"`` always is, and is not listed)."""
+    names = ["cuda"] if cuda_backend.unavailable_reason() is None else []
+    names.append("numpy")
+    if emulated_backend.unavailable_reason() is None:
+        names.append("emulated")
+    return names
+
+
+def _resolve(backend: str) -> str:
+    """The backend that will run: ``auto`` resolved, an unusable one refused with the reason."""
+    if backend == "auto":
+        return "cuda" if cuda_backend.unavailable_reason() is None else "numpy"
+    if backend == "cuda":
+        cuda_backend.check_available()
+    elif backend == "emulated" and emulated_backend.unavailable_reason() is not None:
+        raise RuntimeError(f"the emulated backend is unavailable: "
+                           f"{emulated_backend.unavailable_reason()}")
+    return backend
+
+
+def _as_array(a):
+    return a if a is None or cuda_backend.is_device_array(a) else np.asarray(a)
+
+
+def _to_host(a):
+    return a.get() if cuda_backend.is_device_array(a) else a
+
+
+def _to_device(a, device):
+    import cupy
+
+    if cuda_backend.is_device_array(a):
+        if a.device != device:
+            raise ValueError(f"operands are on different devices ({a.device} and {device})")
+        return a
+    with device:
+        return cupy.asarray(a)
+
+
+def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, padding: IntOrTuple,
+                   output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
+                   backend: str):
+    """Validate, choose the backend and run; ``rank=None`` takes it from ``weight``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, "
+                         f"got {backend!r}")
+    x, weight, bias = _as_array(x), _as_array(weight), _as_array(bias)
+    dtype = check_dtypes(x, weight, bias)
+    geometry = geometry_from_shapes(x.shape, weight.shape, None if bias is None else bias.shape,
+                                    stride, padding, output_padding, groups, dilation, rank)
+    name = _resolve(backend)
+    x_on_device = cuda_backend.is_device_array(x)
+    device = x.device if x_on_device else None
+
+    if name == "cuda":
+        import cupy
+
+        device = device or cupy.cuda.Device()
+        x, weight = _to_device(x, device), _to_device(weight, device)
+        bias = None if bias is None else _to_device(bias, device)
+        if geometry.batch == 0:
+            with device:
+                y = cupy.empty(geometry.out_shape, dtype)
+        else:
+            y = cuda_backend.conv_transpose(x, weight, bias, geometry)
+        return y if x_on_device else y.get()
+
+    x, weight, bias = _to_host(x), _to_host(weight), _to_host(bias)
+    if geometry.batch == 0:
+        y = np.empty(geometry.out_shape, dtype)
+    else:
+        y = _HOST_BACKENDS[name](x, weight, bias, geometry)
+    if x_on_device:
+        import cupy
+
+        with device:
+            return cupy.asarray(y)
+    return y

@@ -1,0 +1,153 @@
+// Transposed convolution (PyTorch's conv_transpose1d/2d/3d), gather formulation.
+//
+// One thread computes one output element y[n, co, o0, o1, o2] and writes it
+// once: it visits exactly the (input pixel, kernel tap) pairs that reach that
+// element, so there are no atomics and the result is deterministic bit for bit.
+//
+// Every rank is run as 3-D: a 1-D or 2-D problem has leading spatial sizes of 1
+// (kernel 1, stride 1, padding 0, dilation 1), which costs one trivial loop
+// level and keeps a single source for all ranks.
+//
+// Layouts (C-contiguous):
+//   x    (N, C_in, in0, in1, in2)
+//   w    (C_in, C_out/groups, k0, k1, k2)
+//   bias (C_out) or a null pointer
+//   y    (N, C_out, out0, out1, out2)
+// with out = (in-1)*stride - 2*padding + dilation*(k-1) + output_padding + 1.
+//
+// Template parameters: T is the element type (__half, float, double); I is the
+// index type, int where every size and offset fits in 31 bits (faster), long
+// long otherwise. The host picks I per launch.
+//
+// The file has no host code and no runtime API calls: it is compiled by NVRTC
+// (through CuPy), by nvcc (compile checks) and by the host C++ compiler through
+// a small CUDA shim (the emulated backend).
+
+#include <cuda_fp16.h>
+
+namespace gpu_tconv {
+
+// Accumulate in float for __half (as PyTorch does), in T otherwise.
+template <typename T> struct accumulator { typedef T type; };
+template <> struct accumulator<__half> { typedef float type; };
+
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+
+template <typename T> __device__ __forceinline__ T from_acc(typename accumulator<T>::type v) { return v; }
+template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+
+// The taps of one spatial dimension that reach output coordinate o.
+//
+// Tap k reaches o from input i when o + pad - k*dil == i*stride with
+// 0 <= i < in. The taps satisfying the congruence k*dil == o + pad (mod stride)
+// form an arithmetic progression: with g = gcd(stride, dil), a solution exists
+// only when g divides r = o + pad, and then k == (r/g) * inv (mod stride/g),
+// where inv is the inverse of dil/g modulo stride/g (computed on the host).
+// Successive taps are stride/g apart and their input index drops by dil/g, so
+// the first tap, its input index and the number of valid taps are found with a
+// few divisions here and the inner loops carry no divisibility tests.
+template <typename I>
+struct TapRange {
+    I tap;    // first tap that reaches o
+    I input;  // input index reached by that tap
+    I count;  // number of taps that reach o (0 if none)
+    I tap_step;
+    I input_step;
+};
+
+template <typename I>
+__device__ __forceinline__ TapRange<I> taps_reaching(
+        I o, I in, I k, I stride, I pad, I dil, I g, I inv) {
+    TapRange<I> t;
+    t.tap_step = stride / g;
+    t.input_step = dil / g;
+    t.count = 0;
+    t.tap = 0;
+    t.input = 0;
+    const I r = o + pad;  // >= 0
+    if (r % g != 0) return t;
+    // The product is taken in 64 bits: (stride/g) * inv may exceed 31 bits.
+    const I first = (I)(((long long)((r / g) % t.tap_step) * (long long)inv) % (long long)t.tap_step);
+    if (first >= k) return t;
+    const I rest = r - first * dil;  // = input index of the first tap * stride
+    if (rest < 0) return t;
+    I i0 = rest / stride;
+    // Skip the taps whose input index lies beyond the input (i >= in).
+    I skip = 0;
+    if (i0 >= in) skip = (i0 - in + t.input_step) / t.input_step;
+    const I by_tap = (k - first + t.tap_step - 1) / t.tap_step;  // taps < k
+    const I by_input = i0 / t.input_step + 1;                    // inputs >= 0
+    const I n = (by_tap < by_input ? by_tap : by_input) - skip;
+    if (n <= 0) return t;
+    t.tap = first + skip * t.tap_step;
+    t.input = i0 - skip * t.input_step;
+    t.count = n;
+    return t;
+}
+
+template <typename T, typename I>
+__global__ void conv_transpose_gather(
+        const T* __restrict__ x, const T* __restrict__ w,
+        const T* __restrict__ bias, T* __restrict__ y,
+        const I total, const I groups, const I c_in_per_group, const I c_out_per_group,
+        const I in0, const I in1, const I in2,
+        const I out0, const I out1, const I out2,
+        const I k0, const I k1, const I k2,
+        const I stride0, const I stride1, const I stride2,
+        const I pad0, const I pad1, const I pad2,
+        const I dil0, const I dil1, const I dil2,
+        const I gcd0, const I gcd1, const I gcd2,
+        const I inv0, const I inv1, const I inv2) {
+    typedef typename accumulator<T>::type Acc;
+    const I c_out = groups * c_out_per_group;
+    const I c_in = groups * c_in_per_group;
+    const I in_plane = in0 * in1 * in2;
+    const I taps = k0 * k1 * k2;
+    const I w_channel = c_out_per_group * taps;  // weight stride between input channels
+
+    // Grid-stride loop: consecutive threads take consecutive outputs (the last
+    // spatial dimension varies fastest), so stores are coalesced.
+    for (I index = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; index < total;
+         index += (I)blockDim.x * (I)gridDim.x) {
+        I rest = index;
+        const I o2 = rest % out2; rest /= out2;
+        const I o1 = rest % out1; rest /= out1;
+        const I o0 = rest % out0; rest /= out0;
+        const I co = rest % c_out;
+        const I n = rest / c_out;
+        const I group = co / c_out_per_group;
+        const I co_in_group = co - group * c_out_per_group;
+
+        const TapRange<I> t0 = taps_reaching<I>(o0, in0, k0, stride0, pad0, dil0, gcd0, inv0);
+        const TapRange<I> t1 = taps_reaching<I>(o1, in1, k1, stride1, pad1, dil1, gcd1, inv1);
+        const TapRange<I> t2 = taps_reaching<I>(o2, in2, k2, stride2, pad2, dil2, gcd2, inv2);
+
+        const T* x_n = x + (n * c_in + group * c_in_per_group) * in_plane;
+        const T* w_g = w + (group * c_in_per_group) * w_channel + co_in_group * taps;
+
+        Acc acc = 0;
+        for (I a = 0; a < t0.count; ++a) {
+            const I i0 = t0.input - a * t0.input_step;
+            const I q0 = t0.tap + a * t0.tap_step;
+            for (I b = 0; b < t1.count; ++b) {
+                const I i1 = t1.input - b * t1.input_step;
+                const I q1 = t1.tap + b * t1.tap_step;
+                for (I c = 0; c < t2.count; ++c) {
+                    const I i2 = t2.input - c * t2.input_step;
+                    const I q2 = t2.tap + c * t2.tap_step;
+                    const T* xp = x_n + (i0 * in1 + i1) * in2 + i2;
+                    const T* wp = w_g + (q0 * k1 + q1) * k2 + q2;
+                    for (I ci = 0; ci < c_in_per_group; ++ci) {
+                        acc += to_acc(xp[ci * in_plane]) * to_acc(wp[ci * w_channel]);
+                    }
+                }
+            }
+        }
+        if (bias != 0) acc += to_acc(bias[co]);
+        y[index] = from_acc<T>(acc);
+    }
+}
+
+}  // namespace gpu_tconv
