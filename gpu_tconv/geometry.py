@@ -145,6 +145,12 @@ def geometry_from_shapes(x_shape: Sequence[int], weight_shape: Sequence[int],
                               ("padding", padding, 0), ("output_padding", output_padding, 0)):
         if any(v < low for v in values):
             raise ValueError(f"{name} must be at least {low}, got {values}")
+    # The kernel multiplies stride by dilation (and by a modular inverse below the
+    # stride) in 64 bits: keeping each factor below 2**31 keeps those products exact.
+    for name, values in (("stride", stride), ("padding", padding), ("dilation", dilation)):
+        if any(v >= _MAX_PARAMETER for v in values):
+            raise ValueError(f"{name} must be smaller than 2**31, got {values}")
+
     for s, d, op in zip(stride, dilation, output_padding):
         if op >= max(s, d):
             raise ValueError(f"output_padding must be smaller than either stride or dilation, "
@@ -172,12 +178,6 @@ def geometry_from_shapes(x_shape: Sequence[int], weight_shape: Sequence[int],
         if count >= _MAX_ELEMENTS:
             raise ValueError(f"{name} would have {count} elements, more than this package "
                              f"supports (2**62)")
-    # The kernel multiplies stride by dilation (and by a modular inverse below the
-    # stride) in 64 bits: keeping each factor below 2**31 keeps those products exact.
-    for name, values in (("stride", stride), ("padding", padding), ("dilation", dilation)):
-        if any(v >= _MAX_PARAMETER for v in values):
-            raise ValueError(f"{name} must be smaller than 2**31, got {values}")
-
     return Geometry(batch=batch, c_in=c_in, c_out=c_out, groups=groups, in_size=tuple(in_size),
                     kernel=tuple(kernel), stride=stride, padding=padding,
                     output_padding=output_padding, dilation=dilation, out_size=out_size,

@@ -1,0 +1,111 @@
+"""The CUDA source, proven without a GPU: it compiles for every target architecture,
+and the same unmodified source, built for the CPU, computes the right numbers over
+its whole launch grid."""
+
+import importlib.util
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import gpu_tconv
+from gpu_tconv import cuda_backend, emulated_backend, launch
+from gpu_tconv.geometry import geometry_from_shapes
+from gpu_tconv.reference import conv_transpose_reference
+from conftest import require_toolchain
+from oracles import Problem, assert_close, problems
+
+ARCHITECTURES = [75, 80, 90, 120]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_compiles_with_nvrtc_as_cupy_does(arch):
+    require_toolchain(importlib.util.find_spec("cupy") is not None,
+                      "the NVRTC compile check needs CuPy (pip install .[cuda])")
+    from cupy._core.core import assemble_cupy_compiler_options
+    from cupy.cuda import nvrtc
+
+    options = assemble_cupy_compiler_options(cuda_backend.COMPILE_OPTIONS) + (f"-arch=sm_{arch}",)
+    program = nvrtc.createProgram(launch.kernel_source_path().read_text(), "conv_transpose.cu",
+                                  [], [])
+    try:
+        for expression in launch.all_kernel_expressions():
+            nvrtc.addNameExpression(program, expression)
+        try:
+            nvrtc.compileProgram(program, options)
+        finally:
+            log = nvrtc.getProgramLog(program).strip("\0 \n")
+        assert log == "", log
+        assert len(nvrtc.getCUBIN(program)) > 0
+        for expression in launch.all_kernel_expressions():
+            assert nvrtc.getLoweredName(program, expression).startswith("_Z")
+    finally:
+        nvrtc.destroyProgram(program)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_compiles_with_nvcc_without_spills(arch, tmp_path):
+    require_toolchain(shutil.which("nvcc") is not None, "nvcc is not on the PATH")
+    # Taking each instantiation's address makes nvcc generate its device code.
+    unit = tmp_path / "instances.cu"
+    unit.write_text(f'#include "{launch.kernel_source_path()}"\n'
+                    "void* gpu_tconv_instances[] = {\n"
+                    + "".join(f"    (void*)&{e},\n" for e in launch.all_kernel_expressions())
+                    + "};\n")
+    done = subprocess.run(["nvcc", "-cubin", f"-arch=sm_{arch}", "-Xptxas", "-v", "-o",
+                           str(tmp_path / "out.cubin"), str(unit)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    reports = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", done.stderr)
+    assert len(reports) == len(launch.all_kernel_expressions()), done.stderr
+    assert all(stores == loads == "0" for stores, loads in reports), done.stderr
+
+
+@given(p=problems(), dtype=st.sampled_from([np.float64, np.float32, np.float16]))
+def test_32_and_64_bit_indices_agree(p: Problem, dtype):
+    p = p.astype(dtype)
+    g = geometry_from_shapes(p.x.shape, p.weight.shape, None if p.bias is None else p.bias.shape,
+                             **p.params)
+    narrow = emulated_backend.conv_transpose(p.x, p.weight, p.bias, g, index_bits=32)
+    wide = emulated_backend.conv_transpose(p.x, p.weight, p.bias, g, index_bits=64)
+    assert narrow.tobytes() == wide.tobytes()
+    assert_close(wide, conv_transpose_reference(p.x, p.weight, p.bias, **p.params), p, dtype)
+
+
+def test_grid_stride_loop_covers_outputs_beyond_the_grid(monkeypatch):
+    # With the grid capped at 3 blocks, each thread must loop over many outputs.
+    monkeypatch.setattr(launch, "MAX_BLOCKS", 3)
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((2, 3, 9, 11)), rng.standard_normal((3, 2, 3, 4))
+    y = gpu_tconv.conv_transpose2d(x, w, stride=(2, 3), padding=1, backend="emulated")
+    assert launch.plan(geometry_from_shapes(x.shape, w.shape, stride=(2, 3), padding=1),
+                       x.dtype).grid == (3, 1, 1)
+    np.testing.assert_allclose(y, conv_transpose_reference(x, w, stride=(2, 3), padding=1),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_index_width_follows_the_sizes():
+    small = geometry_from_shapes((1, 4, 8, 8), (4, 4, 3, 3))
+    assert launch.plan(small, np.float32).index_bits == 32
+    # 2**31 output elements: one past what a 32-bit signed index can address.
+    large = geometry_from_shapes((4, 1, 2**14, 2**15), (1, 1, 1, 1))
+    assert launch.plan(large, np.float32).index_bits == 64
+    assert launch.plan(large, np.float32).kernel.endswith("<float, long long>")
+    # A huge stride times dilation also forces 64-bit tap arithmetic.
+    far = geometry_from_shapes((1, 1, 2), (1, 1, 2), stride=2**20, dilation=2**12)
+    assert launch.plan(far, np.float64).index_bits == 64
+
+
+def test_tap_inverse_solves_the_congruence():
+    for stride in range(1, 13):
+        for dilation in range(1, 13):
+            g, inv = launch._tap_inverse(stride, dilation)
+            step = stride // g
+            for r in range(0, 3 * stride, g):
+                k = (r // g % step) * inv % step
+                assert (k * dilation - r) % stride == 0
+                assert all((j * dilation - r) % stride for j in range(k))  # k is the first

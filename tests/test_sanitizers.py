@@ -1,0 +1,78 @@
+"""The emulated kernel under AddressSanitizer and UBSan: no out-of-bounds access, no
+undefined behaviour, over random problems of every rank and both index widths."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import gpu_tconv
+from gpu_tconv import emulated_backend
+
+CHECKS = textwrap.dedent("""
+    import numpy as np
+    from hypothesis import given, settings, strategies as st
+    from gpu_tconv import emulated_backend
+    from gpu_tconv.geometry import geometry_from_shapes
+    from gpu_tconv.reference import conv_transpose_reference
+    from oracles import problems
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(p=problems(), bits=st.sampled_from([32, 64]),
+           dtype=st.sampled_from([np.float64, np.float32, np.float16]))
+    def check(p, bits, dtype):
+        p = p.astype(dtype)
+        g = geometry_from_shapes(p.x.shape, p.weight.shape,
+                                 None if p.bias is None else p.bias.shape, **p.params)
+        y = emulated_backend.conv_transpose(p.x, p.weight, p.bias, g, index_bits=bits)
+        expected = conv_transpose_reference(p.x, p.weight, p.bias, **p.params)
+        assert np.allclose(y, expected, rtol=2e-2, atol=2e-2)
+
+    check()
+    print("sanitized run clean")
+""")
+
+OVERFLOW = textwrap.dedent("""
+    import numpy as np
+    from gpu_tconv import emulated_backend, launch
+    from gpu_tconv.geometry import geometry_from_shapes
+
+    g = geometry_from_shapes((1, 2, 4), (2, 3, 3), stride=2)
+    x, w = np.ones((1, 2, 4)), np.ones((2, 3, 3))
+    y = np.empty(g.batch * g.c_out * g.out_size[0] - 1)  # one element short
+    emulated_backend.run_plan(launch.plan(g, x.dtype), (x, w, None, y))
+    print("no report")
+""")
+
+
+def _sanitized(script: str, tmp_path) -> subprocess.CompletedProcess:
+    compiler = emulated_backend.compiler()
+    runtime = subprocess.run([compiler, "-print-file-name=libasan.so"], capture_output=True,
+                             text=True).stdout.strip()
+    if not os.path.isabs(runtime):
+        pytest.skip("the host compiler has no AddressSanitizer runtime")
+    env = dict(os.environ, GPU_TCONV_EMULATOR_SANITIZE="1", LD_PRELOAD=runtime,
+               ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=99",
+               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=98",
+               # the tests' helpers and this very gpu_tconv, installed or not
+               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__),
+                                           os.path.dirname(os.path.dirname(gpu_tconv.__file__)),
+                                           os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=600)
+
+
+def test_kernel_is_clean_under_asan_and_ubsan(tmp_path):
+    done = _sanitized(CHECKS, tmp_path)
+    assert done.returncode == 0 and "sanitized run clean" in done.stdout, done.stderr[-4000:]
+    assert "runtime error" not in done.stderr and "AddressSanitizer" not in done.stderr
+
+
+def test_sanitizer_catches_an_out_of_bounds_write(tmp_path):
+    # Proof that the check above can fail: an output buffer one element short is caught.
+    done = _sanitized(OVERFLOW, tmp_path)
+    assert done.returncode == 99, done.stderr[-4000:]
+    assert "heap-buffer-overflow" in done.stderr
+    assert "no report" not in done.stdout
