@@ -1,0 +1,72 @@
+"""CuPy arrays through the cuda backend. These need a GPU: they skip, saying why,
+on machines without one, and run wherever one is usable."""
+
+import numpy as np
+import pytest
+
+import gpu_tconv
+from conftest import requires_gpu
+from gpu_tconv.reference import conv_transpose_reference
+
+pytestmark = requires_gpu
+
+
+@pytest.fixture
+def cupy():
+    import cupy
+
+    return cupy
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5),
+                                        (np.float16, 2e-2)])
+def test_cupy_in_cupy_out(cupy, dtype, tol):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 6, 5, 7)).astype(dtype)
+    w = rng.standard_normal((6, 2, 3, 4)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    kw = dict(stride=(2, 3), padding=1, output_padding=(1, 0), groups=3, dilation=(1, 2))
+    y = gpu_tconv.conv_transpose2d(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b), **kw)
+    assert isinstance(y, cupy.ndarray) and y.dtype == dtype
+    assert y.device == cupy.cuda.Device()
+    np.testing.assert_allclose(y.get(), conv_transpose_reference(x, w, b, **kw),
+                               rtol=tol, atol=tol)
+
+
+def test_auto_uses_the_gpu_and_returns_numpy():
+    x, w = np.ones((1, 2, 3), np.float32), np.ones((2, 1, 2), np.float32)
+    y = gpu_tconv.conv_transpose1d(x, w, stride=2)
+    assert isinstance(y, np.ndarray)
+    np.testing.assert_array_equal(y, np.full((1, 1, 6), 2, np.float32))
+    assert gpu_tconv.available_backends()[0] == "cuda"
+
+
+def test_runs_on_the_current_stream(cupy):
+    rng = np.random.default_rng(8)
+    x = cupy.asarray(rng.standard_normal((4, 8, 16, 16)).astype(np.float32))
+    w = cupy.asarray(rng.standard_normal((8, 4, 4, 4)).astype(np.float32))
+    expected = gpu_tconv.conv_transpose2d(x, w, stride=2, padding=1)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        y = gpu_tconv.conv_transpose2d(x, w, stride=2, padding=1)
+    stream.synchronize()
+    assert y.get().tobytes() == expected.get().tobytes()
+
+
+def test_deterministic_on_a_large_problem(cupy):
+    rng = np.random.default_rng(9)
+    x = cupy.asarray(rng.standard_normal((8, 64, 32, 32)).astype(np.float32))
+    w = cupy.asarray(rng.standard_normal((64, 32, 4, 4)).astype(np.float32))
+    runs = [gpu_tconv.conv_transpose2d(x, w, stride=2, padding=1).get().tobytes()
+            for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_emulated_and_gpu_agree(cupy):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 4, 3, 4, 5))
+    w = rng.standard_normal((4, 2, 2, 3, 2))
+    kw = dict(stride=(1, 2, 3), padding=(0, 1, 1), dilation=(2, 1, 1), groups=2)
+    gpu = gpu_tconv.conv_transpose3d(cupy.asarray(x), cupy.asarray(w), **kw).get()
+    emulated = gpu_tconv.conv_transpose3d(x, w, **kw, backend="emulated")
+    np.testing.assert_allclose(gpu, emulated, rtol=1e-13, atol=1e-13)
