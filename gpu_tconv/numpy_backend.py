@@ -3,21 +3,25 @@
 Method (GEMM + col2im by output phase): along each dimension, tap ``k`` sends input
 ``i`` to output ``o = i*stride + k*dilation - padding``, so every tap writes to one
 residue class ``o mod stride`` (its *phase*), shifted by a whole number of strides.
-For each phase the taps that write to it are contracted with the input in one BLAS
-call (channels x taps by channels, batched over groups and samples), their
-contributions are added into a contiguous accumulator with plain slice additions,
-and the accumulator is written into the strided output positions of that phase
-once. Strided scatters, zero insertion and Python loops over pixels, samples or
-channels are all avoided; the only Python loops run over phases and taps.
+For each phase, the taps that write to it are contracted with the input in one BLAS
+call per group (``taps*C_out/G x C_in/G`` by ``C_in/G x batch*pixels``); their
+contributions are added into a contiguous accumulator with plain slice additions, and
+the accumulator is written into the strided output positions of the phase once.
+Layers with one input channel per group (depthwise) skip BLAS: each tap is a
+broadcast multiply-add. There is no zero insertion, no strided scatter and no Python
+loop over pixels, samples or channels; Python loops run over phases and taps only.
 
-Memory: the batch is processed in chunks so that the temporaries of one phase (its
-column block and accumulator) stay within :data:`TEMP_BUDGET_BYTES`; a single sample
-whose phase block alone is larger is processed on its own. float16 is computed in
-float32 and rounded once at the end.
+Memory: temporaries (column block, accumulator, a transposed copy of the input
+chunk) are allocated once per call and reused, and the batch (and, for very large
+samples, the taps of a phase) is split so that they stay within
+:data:`TEMP_BUDGET_BYTES`; at least one sample and one tap are processed at a time,
+so the bound is ``max(TEMP_BUDGET_BYTES, about 3 x one sample's output)``. float16
+is computed in float32 and rounded once, when the result is stored.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -26,90 +30,168 @@ import numpy as np
 
 from .geometry import Geometry
 
-#: Budget for the temporaries of one batch chunk, in bytes.
-TEMP_BUDGET_BYTES = 32 * 2**20
+#: Budget for the temporaries of one call, in bytes. A few MiB keeps them in cache and
+#: avoids the page faults of fresh large allocations.
+TEMP_BUDGET_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
 class _Tap:
     flat: int                          # index into the flattened kernel taps
-    shift: tuple[int, ...]             # per dimension: output lattice index = input index + shift
+    dst: tuple[slice, ...]             # per dimension: where it lands in the phase lattice
+    src: tuple[slice, ...]             # per dimension: which inputs it takes
 
 
 @dataclass(frozen=True)
 class _Phase:
     first: tuple[int, ...]             # per dimension: first output coordinate of the phase
     size: tuple[int, ...]              # per dimension: outputs in the phase
-    taps: tuple[_Tap, ...]
+    taps: tuple[_Tap, ...]             # the taps that reach at least one output of the phase
 
 
-def _phases(g: Geometry) -> list[_Phase]:
+@functools.lru_cache(maxsize=64)
+def _phases(g: Geometry) -> tuple[_Phase, ...]:
+    """Group the taps by the output phase they write to (pure shape arithmetic, cached)."""
     per_dim = []
-    for out, k, s, p, d in zip(g.out_size, g.kernel, g.stride, g.padding, g.dilation):
-        by_phase: dict[int, list[tuple[int, int]]] = {r: [] for r in range(min(s, out))}
+    for n_in, out, k, s, p, d in zip(g.in_size, g.out_size, g.kernel, g.stride, g.padding,
+                                     g.dilation):
+        phases = {r: (-(-(out - r) // s), []) for r in range(min(s, out))}
         for tap in range(k):
             offset = tap * d - p
-            phase, shift = offset % s, offset // s
-            if phase in by_phase:
-                by_phase[phase].append((tap, shift))
-        per_dim.append([(r, -(-(out - r) // s), taps) for r, taps in by_phase.items()])
-    phases = []
+            phase, shift = offset % s, offset // s  # o = s*(i + shift) + phase
+            if phase in phases:
+                size = phases[phase][0]
+                lo, hi = max(0, shift), min(size, n_in + shift)
+                if lo < hi:
+                    phases[phase][1].append((tap, slice(lo, hi), slice(lo - shift, hi - shift)))
+        per_dim.append([(r, size, taps) for r, (size, taps) in phases.items()])
+    result = []
     for combo in itertools.product(*per_dim):
         taps = tuple(
-            _Tap(flat=int(np.ravel_multi_index([t for t, _ in pick], g.kernel)),
-                 shift=tuple(sh for _, sh in pick))
-            for pick in itertools.product(*(dim_taps for _, _, dim_taps in combo)))
-        phases.append(_Phase(first=tuple(r for r, _, _ in combo),
+            _Tap(flat=int(np.ravel_multi_index([t for t, _, _ in pick], g.kernel)),
+                 dst=tuple(dst for _, dst, _ in pick), src=tuple(src for _, _, src in pick))
+            for pick in itertools.product(*(taps for _, _, taps in combo)))
+        result.append(_Phase(first=tuple(r for r, _, _ in combo),
                              size=tuple(n for _, n, _ in combo), taps=taps))
-    return phases
+    return tuple(result)
 
 
-def _overlap(size: int, in_size: int, shift: int) -> tuple[slice, slice]:
-    """Slices of (phase lattice, input) where lattice index j = input index i + shift."""
-    lo, hi = max(0, shift), min(size, in_size + shift)
-    if hi <= lo:
-        return slice(0, 0), slice(0, 0)
-    return slice(lo, hi), slice(lo - shift, hi - shift)
+def _split(count: int, most: int) -> list[slice]:
+    return [slice(i, min(i + most, count)) for i in range(0, count, most)]
+
+
+def choose_method(g: Geometry) -> str:
+    """Which formulation moves less memory for this shape (the GEMM flops are equal).
+
+    ``scatter`` multiplies first and then adds each tap's block (C_out values per input
+    pixel and tap) into the accumulator; ``gather`` first copies each tap's shifted
+    input (C_in values per output pixel and tap) and then multiplies, writing every
+    output once. Depthwise layers use broadcast multiply-adds instead of BLAS.
+    """
+    if g.c_in_per_group == 1:
+        return "depthwise"
+    phases = _phases(g)
+    pixels = math.prod(g.in_size)
+    scatter = sum(len(ph.taps) * g.c_out * pixels * 3 for ph in phases)
+    gather = sum(len(ph.taps) * g.c_in * math.prod(ph.size) * 2 for ph in phases)
+    return "gather" if gather < scatter else "scatter"
 
 
 def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                   geometry: Geometry) -> np.ndarray:
-    """NumPy twin of :func:`gpu_tconv.cuda_backend.conv_transpose` (NumPy arrays)."""
+                   geometry: Geometry, method: str | None = None) -> np.ndarray:
+    """NumPy twin of :func:`gpu_tconv.cuda_backend.conv_transpose` (NumPy arrays).
+
+    ``method`` forces a formulation (``"scatter"``, ``"gather"``, ``"depthwise"``, the
+    last for one input channel per group only); by default :func:`choose_method` picks.
+    """
     g = geometry
+    method = method or choose_method(g)
     compute = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
     groups, cin_g, cout_g = g.groups, g.c_in_per_group, g.c_out_per_group
-    spatial = (slice(None),) * 2
-    taps_total = math.prod(g.kernel)
-    in_pixels = math.prod(g.in_size)
-
-    # (G, taps, C_out/G, C_in/G): per tap, the matrix that maps input to output channels.
-    w = weight.astype(compute, copy=False).reshape(groups, cin_g, cout_g, taps_total)
-    w = w.transpose(0, 3, 2, 1)
-    b = None if bias is None else bias.astype(compute).reshape((1, g.c_out) + (1,) * g.rank)
-
+    pixels, rank = math.prod(g.in_size), g.rank
     phases = _phases(g)
-    per_sample = max(g.c_out * (len(ph.taps) * in_pixels + math.prod(ph.size)) for ph in phases)
-    chunk = max(1, TEMP_BUDGET_BYTES // (per_sample * compute.itemsize))
+    lattice = max(math.prod(ph.size) for ph in phases)
+    most_taps = max(len(ph.taps) for ph in phases)
+
+    # Per sample: the accumulator and the transposed input are needed whole; the block
+    # of one tap (the scatter GEMM's output, the gather's shifted input, or the
+    # depthwise product) can be taken a few taps at a time.
+    fixed = g.c_out * lattice + g.c_in * pixels
+    tap_size = {"scatter": g.c_out * pixels, "gather": g.c_in * lattice,
+                "depthwise": g.c_out * pixels}[method]
+    taps_at_once = 1 if method == "depthwise" else most_taps
+    budget = max(1, TEMP_BUDGET_BYTES // compute.itemsize)
+    chunk = min(g.batch, max(1, budget // (fixed + taps_at_once * tap_size)))
+    tap_block = max(1, min(taps_at_once, (budget // chunk - fixed) // tap_size))
+
+    # (G, taps, C_out/G, C_in/G): per tap, the matrix taking input to output channels.
+    w = weight.astype(compute, copy=False).reshape(groups, cin_g, cout_g, -1)
+    w = w.transpose(0, 3, 2, 1)
+    bias_init = None if bias is None else \
+        bias.astype(compute).reshape((groups, cout_g, 1) + (1,) * rank)
+    # The stacked weights of each block of taps, built once for all chunks.
+    blocks = [[ph.taps[b] for b in _split(len(ph.taps), tap_block)] for ph in phases]
+    if method == "scatter":  # (G, taps*C_out/G, C_in/G)
+        lhs = [[w[:, [t.flat for t in taps]].reshape(groups, -1, cin_g) for taps in bl]
+               for bl in blocks]
+    elif method == "gather":  # (G, C_out/G, taps*C_in/G)
+        lhs = [[np.ascontiguousarray(w[:, [t.flat for t in taps]].transpose(0, 2, 1, 3))
+                .reshape(groups, cout_g, -1) for taps in bl] for bl in blocks]
+
+    # Temporaries are allocated once and reused for every phase and chunk: fresh
+    # memory costs page faults that rival the arithmetic.
+    x_buf = np.empty(chunk * g.c_in * pixels, compute)
+    acc_buf = np.empty(chunk * g.c_out * lattice, compute)
+    tap_buf = np.empty(chunk * tap_block * tap_size, compute)
+    every = (slice(None),) * 3
 
     y = np.empty(g.out_shape, x.dtype)
     for n0 in range(0, g.batch, chunk):
-        xs = x[n0:n0 + chunk]
-        nb = xs.shape[0]
-        xs = xs.astype(compute, copy=False).reshape(nb, groups, cin_g, in_pixels)
-        ys = y[n0:n0 + nb]
-        for ph in phases:
-            out_slices = spatial + tuple(slice(f, None, s) for f, s in zip(ph.first, g.stride))
-            acc = np.zeros((nb, groups, cout_g) + ph.size, compute)
-            if ph.taps:
-                flat = [t.flat for t in ph.taps]
-                w_ph = w[:, flat].reshape(groups, len(flat) * cout_g, cin_g)
-                cols = np.matmul(w_ph, xs).reshape((nb, groups, len(flat), cout_g) + g.in_size)
-                for j, tap in enumerate(ph.taps):
-                    pairs = [_overlap(n, i, sh) for n, i, sh in zip(ph.size, g.in_size, tap.shift)]
-                    acc[spatial + (slice(None),) + tuple(a for a, _ in pairs)] += \
-                        cols[spatial + (j, slice(None)) + tuple(c for _, c in pairs)]
-            acc = acc.reshape((nb, g.c_out) + ph.size)
-            if b is not None:
-                acc += b
-            ys[out_slices] = acc  # rounds to float16 here when x is float16
+        nb = min(chunk, g.batch - n0)
+        # (G, C_in/G, nb, *in): the batch folded into the pixels, so that one GEMM per
+        # group covers the whole chunk.
+        xt = x_buf[:nb * g.c_in * pixels].reshape((groups, cin_g, nb) + g.in_size)
+        np.copyto(xt, x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size)
+                  .transpose((1, 2, 0) + tuple(range(3, 3 + rank))))
+        for p, ph in enumerate(phases):
+            size = math.prod(ph.size)
+            acc = acc_buf[:nb * g.c_out * size].reshape((groups, cout_g, nb) + ph.size)
+            if method != "gather" or not ph.taps:
+                acc.fill(0)
+            for b, taps in enumerate(blocks[p]):
+                if method == "gather":
+                    # (G, taps, C_in/G, nb, *lattice): each tap's input, shifted into place.
+                    cols = tap_buf[:len(taps) * nb * g.c_in * size].reshape(
+                        (groups, len(taps), cin_g, nb) + ph.size)
+                    for j, tap in enumerate(taps):
+                        if any(d.stop - d.start < n for d, n in zip(tap.dst, ph.size)):
+                            cols[:, j].fill(0)
+                        cols[(slice(None), j) + every[:2] + tap.dst] = xt[every + tap.src]
+                    flat_acc = acc.reshape(groups, cout_g, nb * size)
+                    cols = cols.reshape(groups, -1, nb * size)
+                    if b == 0:
+                        np.matmul(lhs[p][b], cols, out=flat_acc)
+                    else:
+                        flat_acc += np.matmul(lhs[p][b], cols)
+                    continue
+                if method == "scatter":
+                    cols = tap_buf[:len(taps) * nb * g.c_out * pixels].reshape(
+                        groups, len(taps) * cout_g, nb * pixels)
+                    np.matmul(lhs[p][b], xt.reshape(groups, cin_g, nb * pixels), out=cols)
+                    cols = cols.reshape((groups, len(taps), cout_g, nb) + g.in_size)
+                for j, tap in enumerate(taps):
+                    dst = acc[every + tap.dst]
+                    if method == "depthwise":
+                        product = tap_buf[:dst.size].reshape(dst.shape)
+                        scale = w[:, tap.flat].reshape((groups, cout_g, 1) + (1,) * rank)
+                        np.multiply(xt[every + tap.src], scale, out=product)
+                        dst += product
+                    else:
+                        dst += cols[(slice(None), j, slice(None), slice(None)) + tap.src]
+            if bias_init is not None:
+                acc += bias_init
+            out = y[(slice(n0, n0 + nb), slice(None))
+                    + tuple(slice(f, None, s) for f, s in zip(ph.first, g.stride))]
+            # (C_out, nb, ...) to (nb, C_out, ...); rounds to float16 here when x is float16.
+            out[...] = acc.reshape((g.c_out, nb) + ph.size).swapaxes(0, 1)
     return y

@@ -1,0 +1,170 @@
+"""CPU benchmark: the NumPy backend against PyTorch's CPU conv_transpose, same run.
+
+Run ``python bench/cpu.py`` from a checkout. Each configuration is timed as the median
+of repeats after a warm-up, with a pause between blocks (BLAS threads spin for a while
+after a call and would slow whatever runs next). Printed: milliseconds, the ratio to
+PyTorch, GFLOP/s and the peak extra memory of gpu_tconv (beyond inputs and output, by
+``tracemalloc``). The textbook scatter loops are timed on the tiny case only. Results
+are written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__, numpy_backend
+from .geometry import Geometry, geometry_from_shapes
+from .reference import conv_transpose_reference
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    x: tuple[int, ...]
+    weight: tuple[int, ...]
+    params: dict = field(default_factory=dict)
+    dtype: str = "float32"
+    depthwise: bool = False
+
+
+CONFIGS = [
+    Config("tiny k4 s2 p1 (1,4,8²)", (1, 4, 8, 8), (4, 2, 4, 4), dict(stride=2, padding=1)),
+    Config("DCGAN k4 s2 p1 (8,64,64²)", (8, 64, 64, 64), (64, 32, 4, 4),
+           dict(stride=2, padding=1)),
+    Config("DCGAN deep k4 s2 p1 (16,256,16²)", (16, 256, 16, 16), (256, 128, 4, 4),
+           dict(stride=2, padding=1)),
+    Config("U-Net k2 s2 (4,256,32²)", (4, 256, 32, 32), (256, 128, 2, 2), dict(stride=2)),
+    Config("FCN depthwise k4 s2 p1 (1,21,64²)", (1, 21, 64, 64), (21, 1, 4, 4),
+           dict(stride=2, padding=1, groups=21), depthwise=True),
+    Config("3-D k3 s2 p1 op1 (2,16,16³)", (2, 16, 16, 16, 16), (16, 8, 3, 3, 3),
+           dict(stride=2, padding=1, output_padding=1)),
+    Config("1-D k16 s8 p4 (1,512,2048)", (1, 512, 2048), (512, 256, 16),
+           dict(stride=8, padding=4)),
+    Config("dilated k3 d2 s1 p2 (4,64,32²)", (4, 64, 32, 32), (64, 64, 3, 3),
+           dict(dilation=2, padding=2)),
+    Config("DCGAN k4 s2 p1 float64 (8,64,64²)", (8, 64, 64, 64), (64, 32, 4, 4),
+           dict(stride=2, padding=1), dtype="float64"),
+]
+TEXTBOOK_CONFIGS = {"tiny k4 s2 p1 (1,4,8²)"}
+
+
+def median_ms(fn: Callable[[], object], repeats: int, pause: float) -> float:
+    time.sleep(pause)
+    fn()  # warm-up: caches, BLAS threads, page faults of first touch
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def peak_extra_bytes(fn: Callable[[], np.ndarray]) -> int:
+    """Peak memory allocated during ``fn`` beyond the array it returns."""
+    tracemalloc.start()
+    try:
+        result = fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - result.nbytes
+
+
+def _torch_runner(config: Config, x: np.ndarray, w: np.ndarray):
+    try:
+        import torch
+    except ImportError:
+        return None
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    fn = getattr(torch.nn.functional, f"conv_transpose{x.ndim - 2}d")
+    return lambda: fn(tx, tw, **config.params)
+
+
+def blas_info() -> list[dict]:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return [{"note": "threadpoolctl not installed"}]
+    return [{k: v for k, v in info.items() if k in ("internal_api", "version", "num_threads",
+                                                      "architecture", "user_api")}
+            for info in threadpool_info()]
+
+
+def run(configs: list[Config], repeats: int, pause: float, methods: bool) -> dict:
+    rng = np.random.default_rng(0)
+    rows = []
+    for config in configs:
+        x = rng.standard_normal(config.x).astype(config.dtype)
+        w = rng.standard_normal(config.weight).astype(config.dtype)
+        g: Geometry = geometry_from_shapes(x.shape, w.shape, **config.params)
+        row = {"name": config.name, "dtype": config.dtype, "x": config.x, "weight": config.weight,
+               "params": config.params, "flops": g.flops, "depthwise": config.depthwise,
+               "method": numpy_backend.choose_method(g)}
+        ours = lambda m=None: numpy_backend.conv_transpose(x, w, None, g, method=m)
+        row["numpy_ms"] = median_ms(ours, repeats, pause)
+        row["peak_extra_mib"] = peak_extra_bytes(ours) / 2**20
+        row["output_mib"] = math.prod(g.out_shape) * x.itemsize / 2**20
+        if methods:
+            for m in ("scatter", "gather") + (("depthwise",) if g.c_in_per_group == 1 else ()):
+                row[f"{m}_ms"] = median_ms(lambda: ours(m), repeats, pause)
+        torch_fn = _torch_runner(config, x, w)
+        if torch_fn is not None:
+            row["torch_ms"] = median_ms(torch_fn, repeats, pause)
+        if config.name in TEXTBOOK_CONFIGS:
+            row["textbook_ms"] = median_ms(
+                lambda: conv_transpose_reference(x, w, **config.params), 3, pause)
+        rows.append(row)
+        _print_row(row, methods)
+    ratios = [r["numpy_ms"] / r["torch_ms"] for r in rows if "torch_ms" in r]
+    summary = {"geomean_ratio_to_torch": math.exp(statistics.fmean(map(math.log, ratios)))
+               if ratios else None}
+    return {"gpu_tconv": __version__, "machine": platform.processor() or platform.machine(),
+            "numpy": np.__version__, "blas": blas_info(), "repeats": repeats, "rows": rows,
+            "summary": summary}
+
+
+def _print_row(r: dict, methods: bool) -> None:
+    torch_ms = r.get("torch_ms")
+    ratio = f"{r['numpy_ms'] / torch_ms:6.2f}x" if torch_ms else "   n/a "
+    extra = f"  textbook {r['textbook_ms']:9.1f} ms ({r['textbook_ms'] / torch_ms:.0f}x torch)" \
+        if "textbook_ms" in r and torch_ms else ""
+    per_method = "".join(f"  {m} {r[m + '_ms']:.2f}" for m in ("scatter", "gather", "depthwise")
+                         if methods and m + "_ms" in r)
+    print(f"{r['name']:<36} numpy {r['numpy_ms']:9.2f} ms  torch "
+          f"{torch_ms if torch_ms else float('nan'):9.2f} ms  {ratio}  "
+          f"{r['flops'] / r['numpy_ms'] / 1e6:6.1f} GFLOP/s  peak extra "
+          f"{r['peak_extra_mib']:6.1f} MiB ({r['method']}){per_method}{extra}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--pause", type=float, default=0.3, help="seconds between blocks")
+    parser.add_argument("--only", help="run the configurations whose name contains this")
+    parser.add_argument("--methods", action="store_true",
+                        help="also time every NumPy formulation, not only the chosen one")
+    parser.add_argument("--output", type=Path, default=Path("bench/results"),
+                        help="folder for the JSON results")
+    args = parser.parse_args(argv)
+    configs = [c for c in CONFIGS if not args.only or args.only in c.name]
+    print("BLAS:", ", ".join(f"{b.get('internal_api')} {b.get('version')} "
+                             f"({b.get('num_threads')} threads)" for b in blas_info()))
+    result = run(configs, args.repeats, args.pause, args.methods)
+    if result["summary"]["geomean_ratio_to_torch"] is not None:
+        print(f"geometric mean of numpy/torch: {result['summary']['geomean_ratio_to_torch']:.2f}x")
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / f"cpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print("wrote", path)
+    return result
