@@ -1,17 +1,31 @@
 """The ``cuda`` backend: the gather kernel compiled by NVRTC through CuPy and launched.
 
 CuPy is imported lazily: ``import gpu_tconv`` neither needs it nor touches a GPU.
+Work runs on the device of the operands and on CuPy's current stream there; the
+current device is restored afterwards. Before anything is allocated the memory a call
+needs is compared with what the device has free: NumPy operands are then moved and
+computed a batch chunk at a time if they do not fit whole, and a result that cannot
+fit at all is a ``MemoryError`` naming the bytes, never a CUDA error from deep inside.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import threading
+from dataclasses import replace
+
+import numpy as np
 
 from . import launch
 from .geometry import Geometry
 
-# CuPy's own default options (C++17, its include paths) are kept; these are added.
+# CuPy's own default options (its include paths) are kept; these are added.
 COMPILE_OPTIONS = ("--std=c++17",)
+
+# What provides each piece of the run-time compiler, for error messages.
+_NVRTC_PACKAGE = "nvidia-cuda-nvrtc==13.*"
+_HEADERS_PACKAGE = "nvidia-cuda-runtime==13.*"
 
 
 def _import_cupy():
@@ -19,7 +33,7 @@ def _import_cupy():
         import cupy
     except ImportError as error:
         raise RuntimeError("the cuda backend needs CuPy: pip install cupy-cuda13x "
-                           "nvidia-cuda-nvrtc nvidia-cuda-runtime") from error
+                           f"{_NVRTC_PACKAGE} {_HEADERS_PACKAGE}") from error
     return cupy
 
 
@@ -56,28 +70,101 @@ def is_device_array(a) -> bool:
     return type(a).__module__.startswith("cupy")
 
 
+def explain_compile_error(error: BaseException) -> RuntimeError:
+    """A compile or load failure turned into an error that says what to do about it."""
+    text = str(error)
+    if "cuda_fp16.h" in text:
+        hint = f"the CUDA headers are missing: pip install {_HEADERS_PACKAGE}"
+    elif "nvrtc" in text.lower() and any(w in text.lower() for w in
+                                         ("not found", "cannot open", "no such file",
+                                          "failed to load", "could not")):
+        hint = f"the NVRTC library is missing: pip install {_NVRTC_PACKAGE}"
+    else:
+        hint = "compiling the transposed-convolution kernel failed"
+    return RuntimeError(f"{hint}\n{text}")
+
+
+_compile_lock = threading.Lock()
+
+
 @functools.lru_cache(maxsize=None)
-def _function(device_id: int, kernel: str):
-    """The compiled kernel for one instantiation on one device (compiled once each)."""
+def _compiled(device_id: int, kernel: str):
     cupy = _import_cupy()
     with cupy.cuda.Device(device_id):
-        module = cupy.RawModule(code=launch.kernel_source_path().read_text(),
-                                options=COMPILE_OPTIONS, name_expressions=[kernel])
-        return module.get_function(kernel)
+        try:
+            module = cupy.RawModule(code=launch.kernel_source_path().read_text(),
+                                    options=COMPILE_OPTIONS, name_expressions=[kernel])
+            return module.get_function(kernel)
+        except Exception as error:  # CompileException (with the NVRTC log), a missing library
+            raise explain_compile_error(error) from error
 
 
-def conv_transpose(x, weight, bias, geometry: Geometry):
-    """CUDA twin of :func:`gpu_tconv.emulated_backend.conv_transpose` (CuPy arrays).
+def kernel_function(device_id: int, kernel: str):
+    """The compiled kernel for one instantiation on one device.
 
-    Runs on the device of ``x`` and on CuPy's current stream there.
+    Compiled once per (device, instantiation), the key being exactly the compile-time
+    inputs; the lock makes concurrent first calls wait for that one compile.
+    """
+    with _compile_lock:
+        return _compiled(device_id, kernel)
+
+
+def batch_chunk(batch: int, per_sample: int, fixed: int, free: int) -> int:
+    """How many samples to run at once so that ``fixed + chunk*per_sample <= free`` bytes.
+
+    Raises ``MemoryError`` naming the bytes when not even one sample fits.
+    """
+    if fixed + batch * per_sample <= free:
+        return batch
+    if fixed + per_sample > free:
+        raise MemoryError(f"the cuda backend needs {fixed + per_sample} bytes of device memory "
+                          f"for one sample ({fixed + batch * per_sample} for the whole batch), "
+                          f"but only {free} bytes are free")
+    return (free - fixed) // per_sample
+
+
+def _free_bytes(cupy) -> int:
+    free, _ = cupy.cuda.runtime.memGetInfo()
+    return free + cupy.get_default_memory_pool().free_bytes()
+
+
+def conv_transpose(x, weight, bias, geometry: Geometry, device=None):
+    """CUDA twin of :func:`gpu_tconv.numpy_backend.conv_transpose`.
+
+    Operands may be CuPy arrays (on ``device``) or NumPy arrays; the result is a CuPy
+    array on ``device`` when ``x`` is one, else a NumPy array.
     """
     cupy = _import_cupy()
-    with x.device:
-        x = cupy.ascontiguousarray(x)
-        weight = cupy.ascontiguousarray(weight)
-        bias = None if bias is None else cupy.ascontiguousarray(bias)
-        y = cupy.empty(geometry.out_shape, x.dtype)
-        plan = launch.plan(geometry, x.dtype)
-        _function(x.device.id, plan.kernel)(plan.grid, plan.block,
-                                            (x, weight, bias, y, *plan.scalars))
+    device = device if device is not None else cupy.cuda.Device()
+    on_device = is_device_array(x)
+    itemsize = np.dtype(x.dtype).itemsize
+    in_sample = geometry.c_in * math.prod(geometry.in_size) * itemsize
+    out_sample = geometry.c_out * math.prod(geometry.out_size) * itemsize
+    with device:
+        weight = cupy.ascontiguousarray(cupy.asarray(weight))
+        bias = None if bias is None else cupy.ascontiguousarray(cupy.asarray(bias))
+        if on_device:
+            # The whole result must live on the device; a non-contiguous x is copied a
+            # chunk at a time.
+            free = _free_bytes(cupy)
+            if geometry.batch * out_sample > free:
+                batch_chunk(geometry.batch, out_sample, 0, free)  # raises MemoryError
+            y = cupy.empty(geometry.out_shape, x.dtype)
+            per_sample = 0 if x.flags.c_contiguous else in_sample
+            chunk = batch_chunk(geometry.batch, per_sample, 0, _free_bytes(cupy)) \
+                if per_sample else geometry.batch
+        else:
+            chunk = batch_chunk(geometry.batch, in_sample + out_sample, 0, _free_bytes(cupy))
+            y = np.empty(geometry.out_shape, x.dtype)
+        for n0 in range(0, geometry.batch, chunk):
+            part = slice(n0, n0 + chunk)
+            xs = cupy.ascontiguousarray(cupy.asarray(x[part]))
+            sub = replace(geometry, batch=xs.shape[0])
+            # A batch slice of a C-contiguous array is contiguous: the kernel writes into it.
+            ys = y[part] if on_device else cupy.empty(sub.out_shape, x.dtype)
+            plan = launch.plan(sub, x.dtype)
+            kernel_function(device.id, plan.kernel)(plan.grid, plan.block,
+                                                    (xs, weight, bias, ys, *plan.scalars))
+            if not on_device:
+                ys.get(out=y[part])
     return y

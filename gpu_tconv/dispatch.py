@@ -8,10 +8,15 @@ module moves operands to where the chosen backend runs and the result back to wh
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import numpy as np
 
 from . import cuda_backend, emulated_backend, numpy_backend
 from .geometry import IntOrTuple, check_dtypes, geometry_from_shapes
+
+logger = logging.getLogger("gpu_tconv")
 
 BACKENDS = ("auto", "cuda", "numpy", "emulated")
 _HOST_BACKENDS = {"numpy": numpy_backend.conv_transpose,
@@ -27,10 +32,20 @@ def available_backends() -> list[str]:
     return names
 
 
+@functools.lru_cache(maxsize=1)
+def _log_fallback_once(reason: str) -> None:
+    # Only a CUDA backend that is unavailable as a whole leads here; an error during a
+    # CUDA call is raised to the caller, never hidden by a rerun on the CPU.
+    logger.info("gpu_tconv: backend 'auto' uses numpy because %s", reason)
+
+
 def _resolve(backend: str) -> str:
     """The backend that will run: ``auto`` resolved, an unusable one refused with the reason."""
     if backend == "auto":
-        return "cuda" if cuda_backend.unavailable_reason() is None else "numpy"
+        if cuda_backend.unavailable_reason() is None:
+            return "cuda"
+        _log_fallback_once(cuda_backend.unavailable_reason())
+        return "numpy"
     if backend == "cuda":
         cuda_backend.check_available()
     elif backend == "emulated" and emulated_backend.unavailable_reason() is not None:
@@ -45,17 +60,6 @@ def _as_array(a):
 
 def _to_host(a):
     return a.get() if cuda_backend.is_device_array(a) else a
-
-
-def _to_device(a, device):
-    import cupy
-
-    if cuda_backend.is_device_array(a):
-        if a.device != device:
-            raise ValueError(f"operands are on different devices ({a.device} and {device})")
-        return a
-    with device:
-        return cupy.asarray(a)
 
 
 def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, padding: IntOrTuple,
@@ -77,14 +81,16 @@ def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, paddin
         import cupy
 
         device = device or cupy.cuda.Device()
-        x, weight = _to_device(x, device), _to_device(weight, device)
-        bias = None if bias is None else _to_device(bias, device)
+        for operand in (weight, bias):
+            if cuda_backend.is_device_array(operand) and operand.device != device:
+                raise ValueError(f"operands are on different devices ({operand.device} and "
+                                 f"{device})")
         if geometry.batch == 0:
+            if not x_on_device:
+                return np.empty(geometry.out_shape, dtype)
             with device:
-                y = cupy.empty(geometry.out_shape, dtype)
-        else:
-            y = cuda_backend.conv_transpose(x, weight, bias, geometry)
-        return y if x_on_device else y.get()
+                return cupy.empty(geometry.out_shape, dtype)
+        return cuda_backend.conv_transpose(x, weight, bias, geometry, device)
 
     x, weight, bias = _to_host(x), _to_host(weight), _to_host(bias)
     if geometry.batch == 0:

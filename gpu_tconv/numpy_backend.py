@@ -12,11 +12,11 @@ broadcast multiply-add. There is no zero insertion, no strided scatter and no Py
 loop over pixels, samples or channels; Python loops run over phases and taps only.
 
 Memory: temporaries (column block, accumulator, a transposed copy of the input
-chunk) are allocated once per call and reused, and the batch (and, for very large
-samples, the taps of a phase) is split so that they stay within
-:data:`TEMP_BUDGET_BYTES`; at least one sample and one tap are processed at a time,
-so the bound is ``max(TEMP_BUDGET_BYTES, about 3 x one sample's output)``. float16
-is computed in float32 and rounded once, when the result is stored.
+chunk) are allocated once per call and reused. The batch, then the taps of a phase,
+and for very large samples the output itself (in boxes, each computed from the inputs
+that reach it) are split so that they stay within :data:`TEMP_BUDGET_BYTES`, plus a
+copy of the weights stacked per phase. float16 is computed in float32 and rounded
+once, when the result is stored.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -105,20 +105,84 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     last for one input channel per group only); by default :func:`choose_method` picks.
     """
     g = geometry
-    method = method or choose_method(g)
+    if method is None:
+        method = choose_method(g)
+        # The gather formulation multiplies the zeros around the input by the weights,
+        # which turns an infinite weight into NaN where PyTorch has none.
+        if method == "gather" and not np.isfinite(weight).all():
+            method = "scatter"
+    y = np.empty(g.out_shape, x.dtype)
+    whole = (slice(None),) * 2
+    compute = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
+    for in_box, out_box, tile in _tiles(g, method, compute.itemsize):
+        if tile is None:  # no input reaches this tile: only the bias does
+            y[whole + out_box] = 0 if bias is None else \
+                bias.reshape((g.c_out,) + (1,) * g.rank)
+        else:
+            _compute(x[whole + in_box], weight, bias, tile, method, y[whole + out_box])
+    return y
+
+
+def _sizes(g: Geometry, method: str) -> tuple[int, int, int]:
+    """Per sample, in elements: (accumulator + transposed input, one tap's block, most taps)."""
+    phases = _phases(g)
+    lattice = max(math.prod(ph.size) for ph in phases)
+    pixels = math.prod(g.in_size)
+    fixed = g.c_out * lattice + g.c_in * pixels
+    tap_size = {"scatter": g.c_out * pixels, "gather": g.c_in * lattice,
+                "depthwise": g.c_out * pixels}[method]
+    return fixed, tap_size, max(len(ph.taps) for ph in phases)
+
+
+def _tiles(g: Geometry, method: str, itemsize: int):
+    """Split the output into boxes whose one-sample, one-tap temporaries fit the budget.
+
+    Yields ``(input slices, output slices, geometry of the box)`` per box; the geometry
+    is ``None`` when no input reaches the box. Output box ``[lo, hi)`` of a dimension
+    takes inputs ``i`` with ``lo <= i*s + k*d - p < hi`` for some tap ``k``; relative to
+    the box, padding becomes ``p + lo - s*i_lo`` (possibly negative), which the phase
+    arithmetic handles as it is.
+    """
+    fixed, tap_size, _ = _sizes(g, method)
+    needed = -(-(fixed + tap_size) * itemsize // TEMP_BUDGET_BYTES)
+    if needed <= 1:
+        yield (slice(None),) * g.rank, (slice(None),) * g.rank, g
+        return
+    per_dim = []
+    for out in g.out_size:  # split the leading dimensions first
+        parts = min(out, needed)
+        needed = -(-needed // parts)
+        per_dim.append([(out * j // parts, out * (j + 1) // parts) for j in range(parts)])
+    for box in itertools.product(*per_dim):
+        ins, pads = [], []
+        for (lo, hi), n_in, k, s, p, d in zip(box, g.in_size, g.kernel, g.stride, g.padding,
+                                              g.dilation):
+            i_lo = max(0, -(-(lo + p - d * (k - 1)) // s))
+            i_hi = min(n_in, (hi - 1 + p) // s + 1)
+            ins.append((i_lo, i_hi))
+            pads.append(p + lo - s * i_lo)
+        out_box = tuple(slice(lo, hi) for lo, hi in box)
+        if any(i_lo >= i_hi for i_lo, i_hi in ins):
+            yield (), out_box, None
+            continue
+        tile = replace(g, in_size=tuple(hi - lo for lo, hi in ins), padding=tuple(pads),
+                       out_size=tuple(hi - lo for lo, hi in box))
+        yield tuple(slice(lo, hi) for lo, hi in ins), out_box, tile
+
+
+def _compute(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: Geometry,
+             method: str, y: np.ndarray) -> None:
+    """Compute the transposed convolution of ``g`` into the (possibly strided) view ``y``."""
     compute = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
     groups, cin_g, cout_g = g.groups, g.c_in_per_group, g.c_out_per_group
     pixels, rank = math.prod(g.in_size), g.rank
     phases = _phases(g)
     lattice = max(math.prod(ph.size) for ph in phases)
-    most_taps = max(len(ph.taps) for ph in phases)
 
     # Per sample: the accumulator and the transposed input are needed whole; the block
     # of one tap (the scatter GEMM's output, the gather's shifted input, or the
     # depthwise product) can be taken a few taps at a time.
-    fixed = g.c_out * lattice + g.c_in * pixels
-    tap_size = {"scatter": g.c_out * pixels, "gather": g.c_in * lattice,
-                "depthwise": g.c_out * pixels}[method]
+    fixed, tap_size, most_taps = _sizes(g, method)
     taps_at_once = 1 if method == "depthwise" else most_taps
     budget = max(1, TEMP_BUDGET_BYTES // compute.itemsize)
     chunk = min(g.batch, max(1, budget // (fixed + taps_at_once * tap_size)))
@@ -145,7 +209,6 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     tap_buf = np.empty(chunk * tap_block * tap_size, compute)
     every = (slice(None),) * 3
 
-    y = np.empty(g.out_shape, x.dtype)
     for n0 in range(0, g.batch, chunk):
         nb = min(chunk, g.batch - n0)
         # (G, C_in/G, nb, *in): the batch folded into the pixels, so that one GEMM per
@@ -194,4 +257,3 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                     + tuple(slice(f, None, s) for f, s in zip(ph.first, g.stride))]
             # (C_out, nb, ...) to (nb, C_out, ...); rounds to float16 here when x is float16.
             out[...] = acc.reshape((g.c_out, nb) + ph.size).swapaxes(0, 1)
-    return y
