@@ -136,7 +136,14 @@ def conv_transpose(x, weight, bias, geometry: Geometry, device=None):
     """
     cupy = _import_cupy()
     device = device if device is not None else cupy.cuda.Device()
+    for operand in (weight, bias):
+        if is_device_array(operand) and operand.device != device:
+            raise ValueError(f"operands are on different devices ({operand.device} and {device})")
     on_device = is_device_array(x)
+    if geometry.batch == 0:
+        with device:
+            return cupy.empty(geometry.out_shape, x.dtype) if on_device else \
+                np.empty(geometry.out_shape, x.dtype)
     itemsize = np.dtype(x.dtype).itemsize
     in_sample = geometry.c_in * math.prod(geometry.in_size) * itemsize
     out_sample = geometry.c_out * math.prod(geometry.out_size) * itemsize

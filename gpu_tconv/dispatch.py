@@ -78,18 +78,6 @@ def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, paddin
     device = x.device if x_on_device else None
 
     if name == "cuda":
-        import cupy
-
-        device = device or cupy.cuda.Device()
-        for operand in (weight, bias):
-            if cuda_backend.is_device_array(operand) and operand.device != device:
-                raise ValueError(f"operands are on different devices ({operand.device} and "
-                                 f"{device})")
-        if geometry.batch == 0:
-            if not x_on_device:
-                return np.empty(geometry.out_shape, dtype)
-            with device:
-                return cupy.empty(geometry.out_shape, dtype)
         return cuda_backend.conv_transpose(x, weight, bias, geometry, device)
 
     x, weight, bias = _to_host(x), _to_host(weight), _to_host(bias)

@@ -91,17 +91,24 @@ def _library(kernel: str, sanitize: bool) -> ctypes.CDLL:
             os.replace(partial, target)
     library = ctypes.CDLL(str(target))
     library.gpu_tconv_launch.restype = None
-    library.gpu_tconv_launch.argtypes = [ctypes.c_uint] * 6 + [ctypes.POINTER(ctypes.c_void_p)]
+    library.gpu_tconv_launch.argtypes = ([ctypes.c_uint] * 6
+                                         + [ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint])
     return library
 
 
-def run_plan(plan: launch.LaunchPlan, arrays: tuple[np.ndarray | None, ...]) -> None:
-    """Run ``plan`` over its whole grid with ``arrays`` (x, w, bias, y) as the pointers."""
-    values = [ctypes.c_void_p(None if a is None else a.ctypes.data) for a in arrays]
+def run_plan(plan: launch.LaunchPlan, arrays: tuple[np.ndarray | int | None, ...],
+             first_block: int = 0) -> None:
+    """Run ``plan`` over its grid with ``arrays`` (x, w, bias, y) as the pointers.
+
+    An entry may also be a raw address (an int). ``first_block`` skips the blocks
+    before it, for tests that run only the end of a huge grid.
+    """
+    values = [ctypes.c_void_p(a if a is None or isinstance(a, int) else a.ctypes.data)
+              for a in arrays]
     values += [np.ctypeslib.as_ctypes_type(type(s))(s) for s in plan.scalars]
     args = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
     sanitize = os.environ.get("GPU_TCONV_EMULATOR_SANITIZE", "") not in ("", "0")
-    _library(plan.kernel, sanitize).gpu_tconv_launch(*plan.grid, *plan.block, args)
+    _library(plan.kernel, sanitize).gpu_tconv_launch(*plan.grid, *plan.block, args, first_block)
 
 
 def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,

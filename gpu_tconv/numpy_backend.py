@@ -114,60 +114,85 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     y = np.empty(g.out_shape, x.dtype)
     whole = (slice(None),) * 2
     compute = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
-    for in_box, out_box, tile in _tiles(g, method, compute.itemsize):
-        if tile is None:  # no input reaches this tile: only the bias does
-            y[whole + out_box] = 0 if bias is None else \
-                bias.reshape((g.c_out,) + (1,) * g.rank)
-        else:
-            _compute(x[whole + in_box], weight, bias, tile, method, y[whole + out_box])
+    # NaN, infinities and float16 overflow are results here, as in PyTorch, not errors.
+    with np.errstate(all="ignore"):
+        for in_box, out_box, tile in _tiles(g, method, compute.itemsize):
+            if tile is None:  # no input reaches this box: only the bias does
+                y[whole + out_box] = 0 if bias is None else \
+                    bias.reshape((g.c_out,) + (1,) * g.rank)
+            else:
+                _compute(x[whole + in_box], weight, bias, tile, method, y[whole + out_box])
     return y
 
 
-def _sizes(g: Geometry, method: str) -> tuple[int, int, int]:
-    """Per sample, in elements: (accumulator + transposed input, one tap's block, most taps)."""
+def _sizes(g: Geometry, method: str) -> tuple[int, int, int, int]:
+    """Per sample, in elements: the accumulator and transposed input, one tap's block, the
+    most taps a phase has, and the fewest taps that must be processed together.
+
+    Gather runs all the taps of a phase in one GEMM, so that how the work is split
+    never reassociates a sum; scatter and depthwise add tap by tap in any case.
+    """
     phases = _phases(g)
     lattice = max(math.prod(ph.size) for ph in phases)
     pixels = math.prod(g.in_size)
     fixed = g.c_out * lattice + g.c_in * pixels
     tap_size = {"scatter": g.c_out * pixels, "gather": g.c_in * lattice,
                 "depthwise": g.c_out * pixels}[method]
-    return fixed, tap_size, max(len(ph.taps) for ph in phases)
+    most_taps = max(len(ph.taps) for ph in phases)
+    return fixed, tap_size, most_taps, most_taps if method == "gather" else 1
+
+
+def _per_sample_bytes(g: Geometry, method: str, itemsize: int) -> int:
+    fixed, tap_size, _, together = _sizes(g, method)
+    return (fixed + together * tap_size) * itemsize
+
+
+def _box(g: Geometry, box: tuple[tuple[int, int], ...]):
+    """Input slices and geometry for the outputs ``box`` (per dimension ``[lo, hi)``).
+
+    Output ``[lo, hi)`` takes inputs ``i`` with ``lo <= i*s + k*d - p < hi`` for some
+    tap ``k``; relative to the box, padding becomes ``p + lo - s*i_lo`` (possibly
+    negative, which the phase arithmetic handles as it is). ``None`` when no input
+    reaches the box.
+    """
+    ins, pads = [], []
+    for (lo, hi), n_in, k, s, p, d in zip(box, g.in_size, g.kernel, g.stride, g.padding,
+                                          g.dilation):
+        i_lo = max(0, -(-(lo + p - d * (k - 1)) // s))
+        i_hi = min(n_in, (hi - 1 + p) // s + 1)
+        if i_lo >= i_hi:
+            return None
+        ins.append((i_lo, i_hi))
+        pads.append(p + lo - s * i_lo)
+    tile = replace(g, in_size=tuple(hi - lo for lo, hi in ins), padding=tuple(pads),
+                   out_size=tuple(hi - lo for lo, hi in box))
+    return tuple(slice(lo, hi) for lo, hi in ins), tile
 
 
 def _tiles(g: Geometry, method: str, itemsize: int):
-    """Split the output into boxes whose one-sample, one-tap temporaries fit the budget.
+    """Split the output into boxes whose one-sample temporaries fit the budget.
 
-    Yields ``(input slices, output slices, geometry of the box)`` per box; the geometry
-    is ``None`` when no input reaches the box. Output box ``[lo, hi)`` of a dimension
-    takes inputs ``i`` with ``lo <= i*s + k*d - p < hi`` for some tap ``k``; relative to
-    the box, padding becomes ``p + lo - s*i_lo`` (possibly negative), which the phase
-    arithmetic handles as it is.
+    Yields ``(input slices, output slices, geometry of the box)``; the geometry is
+    ``None`` where no input reaches the box.
     """
-    fixed, tap_size, _ = _sizes(g, method)
-    needed = -(-(fixed + tap_size) * itemsize // TEMP_BUDGET_BYTES)
-    if needed <= 1:
-        yield (slice(None),) * g.rank, (slice(None),) * g.rank, g
-        return
-    per_dim = []
-    for out in g.out_size:  # split the leading dimensions first
-        parts = min(out, needed)
-        needed = -(-needed // parts)
-        per_dim.append([(out * j // parts, out * (j + 1) // parts) for j in range(parts)])
-    for box in itertools.product(*per_dim):
-        ins, pads = [], []
-        for (lo, hi), n_in, k, s, p, d in zip(box, g.in_size, g.kernel, g.stride, g.padding,
-                                              g.dilation):
-            i_lo = max(0, -(-(lo + p - d * (k - 1)) // s))
-            i_hi = min(n_in, (hi - 1 + p) // s + 1)
-            ins.append((i_lo, i_hi))
-            pads.append(p + lo - s * i_lo)
+    needed = -(-_per_sample_bytes(g, method, itemsize) // TEMP_BUDGET_BYTES)
+    while True:
+        per_dim, rest = [], needed
+        for out in g.out_size:  # split the leading dimensions first
+            parts = min(out, rest)
+            rest = -(-rest // parts)
+            per_dim.append([(out * j // parts, out * (j + 1) // parts) for j in range(parts)])
+        boxes = [(box, _box(g, box)) for box in itertools.product(*per_dim)]
+        # The inputs a box needs reach beyond its share (the kernel's halo): split
+        # further until every box fits, or boxes are single outputs.
+        largest = max((_per_sample_bytes(t[1], method, itemsize) for _, t in boxes if t),
+                      default=0)
+        if largest <= TEMP_BUDGET_BYTES or list(map(len, per_dim)) == list(g.out_size):
+            break
+        needed *= 2
+    for box, found in boxes:
         out_box = tuple(slice(lo, hi) for lo, hi in box)
-        if any(i_lo >= i_hi for i_lo, i_hi in ins):
-            yield (), out_box, None
-            continue
-        tile = replace(g, in_size=tuple(hi - lo for lo, hi in ins), padding=tuple(pads),
-                       out_size=tuple(hi - lo for lo, hi in box))
-        yield tuple(slice(lo, hi) for lo, hi in ins), out_box, tile
+        yield (None, out_box, None) if found is None else (found[0], out_box, found[1])
 
 
 def _compute(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: Geometry,
@@ -182,11 +207,11 @@ def _compute(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: Geom
     # Per sample: the accumulator and the transposed input are needed whole; the block
     # of one tap (the scatter GEMM's output, the gather's shifted input, or the
     # depthwise product) can be taken a few taps at a time.
-    fixed, tap_size, most_taps = _sizes(g, method)
+    fixed, tap_size, most_taps, together = _sizes(g, method)
     taps_at_once = 1 if method == "depthwise" else most_taps
     budget = max(1, TEMP_BUDGET_BYTES // compute.itemsize)
     chunk = min(g.batch, max(1, budget // (fixed + taps_at_once * tap_size)))
-    tap_block = max(1, min(taps_at_once, (budget // chunk - fixed) // tap_size))
+    tap_block = max(1, together, min(taps_at_once, (budget // chunk - fixed) // tap_size))
 
     # (G, taps, C_out/G, C_in/G): per tap, the matrix taking input to output channels.
     w = weight.astype(compute, copy=False).reshape(groups, cin_g, cout_g, -1)
@@ -232,10 +257,7 @@ def _compute(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: Geom
                         cols[(slice(None), j) + every[:2] + tap.dst] = xt[every + tap.src]
                     flat_acc = acc.reshape(groups, cout_g, nb * size)
                     cols = cols.reshape(groups, -1, nb * size)
-                    if b == 0:
-                        np.matmul(lhs[p][b], cols, out=flat_acc)
-                    else:
-                        flat_acc += np.matmul(lhs[p][b], cols)
+                    np.matmul(lhs[p][b], cols, out=flat_acc)  # the phase's only block
                     continue
                 if method == "scatter":
                     cols = tap_buf[:len(taps) * nb * g.c_out * pixels].reshape(
