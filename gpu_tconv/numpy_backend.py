@@ -11,12 +11,17 @@ Layers with one input channel per group (depthwise) skip BLAS: each tap is a
 broadcast multiply-add. There is no zero insertion, no strided scatter and no Python
 loop over pixels, samples or channels; Python loops run over phases and taps only.
 
-Memory: temporaries (column block, accumulator, a transposed copy of the input
-chunk) are allocated once per call and reused. The batch, then the taps of a phase,
+Memory: temporaries (the columns of all of a phase's taps, the accumulator, a
+transposed copy of the input chunk) are allocated once per call and reused. The batch,
 and for very large samples the output itself (in boxes, each computed from the inputs
-that reach it) are split so that they stay within :data:`TEMP_BUDGET_BYTES`, plus a
-copy of the weights stacked per phase. float16 is computed in float32 and rounded
-once, when the result is stored.
+that reach it), are split so that they stay within :data:`TEMP_BUDGET_BYTES`, plus the
+zero padding of the last GEMM tile (fewer than :data:`GEMM_TILE` columns per buffer)
+and a copy of the weights stacked per phase. float16 is computed in float32 and
+rounded once, when the result is stored.
+
+Results are bit for bit the same however the batch is chunked and the output boxed,
+and for any slice of the input (each output's sum has a fixed shape and order: see
+:data:`GEMM_TILE`).
 """
 
 from __future__ import annotations
@@ -34,19 +39,29 @@ from .geometry import Geometry
 #: avoids the page faults of fresh large allocations.
 TEMP_BUDGET_BYTES = 8 * 2**20
 
+#: Columns of every GEMM. BLAS rounds an element differently depending on where its
+#: column falls (edge micro-kernels, GEMV for a single column, how threads split the
+#: columns), so the pixels are cut into tiles of this many columns, the last one
+#: zero-padded, and every tile is a GEMM of the same shape: an output's value then does
+#: not depend on where it lies, on the batch chunking or on the input's extent. A
+#: multiple of every micro-kernel width.
+GEMM_TILE = 512
+
 
 @dataclass(frozen=True)
 class _Tap:
     flat: int                          # index into the flattened kernel taps
-    dst: tuple[slice, ...]             # per dimension: where it lands in the phase lattice
-    src: tuple[slice, ...]             # per dimension: which inputs it takes
+    dst: tuple[slice, ...] | None      # per dimension: where it lands in the phase lattice
+    src: tuple[slice, ...] | None      # per dimension: which inputs it takes (None: none)
 
 
 @dataclass(frozen=True)
 class _Phase:
     first: tuple[int, ...]             # per dimension: first output coordinate of the phase
     size: tuple[int, ...]              # per dimension: outputs in the phase
-    taps: tuple[_Tap, ...]             # the taps that reach at least one output of the phase
+    # Every tap of the phase's residue class, even one that reaches no output here: the
+    # GEMMs then have the same shape for any extent of the input, so do their roundings.
+    taps: tuple[_Tap, ...]
 
 
 @functools.lru_cache(maxsize=64)
@@ -62,22 +77,21 @@ def _phases(g: Geometry) -> tuple[_Phase, ...]:
             if phase in phases:
                 size = phases[phase][0]
                 lo, hi = max(0, shift), min(size, n_in + shift)
-                if lo < hi:
-                    phases[phase][1].append((tap, slice(lo, hi), slice(lo - shift, hi - shift)))
+                reach = (slice(lo, hi), slice(lo - shift, hi - shift)) if lo < hi else None
+                phases[phase][1].append((tap, reach))
         per_dim.append([(r, size, taps) for r, (size, taps) in phases.items()])
     result = []
     for combo in itertools.product(*per_dim):
-        taps = tuple(
-            _Tap(flat=int(np.ravel_multi_index([t for t, _, _ in pick], g.kernel)),
-                 dst=tuple(dst for _, dst, _ in pick), src=tuple(src for _, _, src in pick))
-            for pick in itertools.product(*(taps for _, _, taps in combo)))
+        taps = []
+        for pick in itertools.product(*(taps for _, _, taps in combo)):
+            flat = int(np.ravel_multi_index([t for t, _ in pick], g.kernel))
+            if all(reach is not None for _, reach in pick):
+                taps.append(_Tap(flat, tuple(r[0] for _, r in pick), tuple(r[1] for _, r in pick)))
+            else:
+                taps.append(_Tap(flat, None, None))
         result.append(_Phase(first=tuple(r for r, _, _ in combo),
-                             size=tuple(n for _, n, _ in combo), taps=taps))
+                             size=tuple(n for _, n, _ in combo), taps=tuple(taps)))
     return tuple(result)
-
-
-def _split(count: int, most: int) -> list[slice]:
-    return [slice(i, min(i + most, count)) for i in range(0, count, most)]
 
 
 def choose_method(g: Geometry) -> str:
@@ -125,26 +139,24 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     return y
 
 
-def _sizes(g: Geometry, method: str) -> tuple[int, int, int, int]:
-    """Per sample, in elements: the accumulator and transposed input, one tap's block, the
-    most taps a phase has, and the fewest taps that must be processed together.
+def _padded(n: int) -> int:
+    return -(-n // GEMM_TILE) * GEMM_TILE
 
-    Gather runs all the taps of a phase in one GEMM, so that how the work is split
-    never reassociates a sum; scatter and depthwise add tap by tap in any case.
-    """
+
+def _sizes(g: Geometry, method: str) -> tuple[int, int]:
+    """Per sample, in elements: what a batch chunk needs (the accumulator, the transposed
+    input and the block of all of a phase's taps), and the weights stacked per phase."""
     phases = _phases(g)
     lattice = max(math.prod(ph.size) for ph in phases)
     pixels = math.prod(g.in_size)
-    fixed = g.c_out * lattice + g.c_in * pixels
-    tap_size = {"scatter": g.c_out * pixels, "gather": g.c_in * lattice,
-                "depthwise": g.c_out * pixels}[method]
     most_taps = max(len(ph.taps) for ph in phases)
-    return fixed, tap_size, most_taps, most_taps if method == "gather" else 1
+    taps = {"scatter": most_taps * g.c_out * pixels, "gather": most_taps * g.c_in * lattice,
+            "depthwise": g.c_out * pixels}[method]
+    return g.c_out * lattice + g.c_in * pixels + taps, most_taps * g.c_in * g.c_out_per_group
 
 
 def _per_sample_bytes(g: Geometry, method: str, itemsize: int) -> int:
-    fixed, tap_size, _, together = _sizes(g, method)
-    return (fixed + together * tap_size) * itemsize
+    return _sizes(g, method)[0] * itemsize
 
 
 def _box(g: Geometry, box: tuple[tuple[int, int], ...]):
@@ -203,76 +215,82 @@ def _compute(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: Geom
     pixels, rank = math.prod(g.in_size), g.rank
     phases = _phases(g)
     lattice = max(math.prod(ph.size) for ph in phases)
-
-    # Per sample: the accumulator and the transposed input are needed whole; the block
-    # of one tap (the scatter GEMM's output, the gather's shifted input, or the
-    # depthwise product) can be taken a few taps at a time.
-    fixed, tap_size, most_taps, together = _sizes(g, method)
-    taps_at_once = 1 if method == "depthwise" else most_taps
-    budget = max(1, TEMP_BUDGET_BYTES // compute.itemsize)
-    chunk = min(g.batch, max(1, budget // (fixed + taps_at_once * tap_size)))
-    tap_block = max(1, together, min(taps_at_once, (budget // chunk - fixed) // tap_size))
+    most_taps = max(len(ph.taps) for ph in phases)
+    per_sample, _ = _sizes(g, method)
+    chunk = min(g.batch, max(1, TEMP_BUDGET_BYTES // compute.itemsize // per_sample))
 
     # (G, taps, C_out/G, C_in/G): per tap, the matrix taking input to output channels.
     w = weight.astype(compute, copy=False).reshape(groups, cin_g, cout_g, -1)
     w = w.transpose(0, 3, 2, 1)
     bias_init = None if bias is None else \
         bias.astype(compute).reshape((groups, cout_g, 1) + (1,) * rank)
-    # The stacked weights of each block of taps, built once for all chunks.
-    blocks = [[ph.taps[b] for b in _split(len(ph.taps), tap_block)] for ph in phases]
-    if method == "scatter":  # (G, taps*C_out/G, C_in/G)
-        lhs = [[w[:, [t.flat for t in taps]].reshape(groups, -1, cin_g) for taps in bl]
-               for bl in blocks]
-    elif method == "gather":  # (G, C_out/G, taps*C_in/G)
-        lhs = [[np.ascontiguousarray(w[:, [t.flat for t in taps]].transpose(0, 2, 1, 3))
-                .reshape(groups, cout_g, -1) for taps in bl] for bl in blocks]
+    # Per phase, all its taps stacked for one GEMM per group and column tile.
+    if method == "scatter":  # (G, 1, taps*C_out/G, C_in/G)
+        lhs = [w[:, [t.flat for t in ph.taps]].reshape(groups, 1, -1, cin_g) for ph in phases]
+    elif method == "gather":  # (G, 1, C_out/G, taps*C_in/G)
+        lhs = [np.ascontiguousarray(w[:, [t.flat for t in ph.taps]].transpose(0, 2, 1, 3))
+               .reshape(groups, 1, cout_g, -1) for ph in phases]
 
-    # Temporaries are allocated once and reused for every phase and chunk: fresh
-    # memory costs page faults that rival the arithmetic.
-    x_buf = np.empty(chunk * g.c_in * pixels, compute)
-    acc_buf = np.empty(chunk * g.c_out * lattice, compute)
-    tap_buf = np.empty(chunk * tap_block * tap_size, compute)
+    # Temporaries are allocated once and reused for every phase and chunk (fresh memory
+    # costs page faults that rival the arithmetic), with the columns padded to whole tiles.
+    x_buf = np.zeros((groups, cin_g, _padded(chunk * pixels)), compute)
+    acc_buf = np.empty(g.c_out * _padded(chunk * lattice), compute)
+    taps_buf = np.empty(max(most_taps * g.c_out * _padded(chunk * pixels),
+                            most_taps * g.c_in * _padded(chunk * lattice))
+                        if method != "depthwise" else g.c_out * chunk * pixels, compute)
     every = (slice(None),) * 3
+
+    def tiled(a: np.ndarray) -> np.ndarray:
+        """(G, rows, tiles*GEMM_TILE) as (G, tiles, rows, GEMM_TILE) views: one GEMM each."""
+        return a.reshape(a.shape[0], a.shape[1], -1, GEMM_TILE).swapaxes(1, 2)
 
     for n0 in range(0, g.batch, chunk):
         nb = min(chunk, g.batch - n0)
-        # (G, C_in/G, nb, *in): the batch folded into the pixels, so that one GEMM per
-        # group covers the whole chunk.
-        xt = x_buf[:nb * g.c_in * pixels].reshape((groups, cin_g, nb) + g.in_size)
+        # (G, C_in/G, nb, *in): the batch folded into the pixels, zero-padded to whole tiles.
+        x_cols = x_buf[:, :, :_padded(nb * pixels)]
+        x_cols[:, :, nb * pixels:] = 0
+        xt = x_cols[:, :, :nb * pixels].reshape((groups, cin_g, nb) + g.in_size)
         np.copyto(xt, x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size)
                   .transpose((1, 2, 0) + tuple(range(3, 3 + rank))))
         for p, ph in enumerate(phases):
             size = math.prod(ph.size)
-            acc = acc_buf[:nb * g.c_out * size].reshape((groups, cout_g, nb) + ph.size)
-            if method != "gather" or not ph.taps:
+            width = _padded(nb * size)
+            acc_cols = acc_buf[:g.c_out * width].reshape(groups, cout_g, width)
+            acc = acc_cols[:, :, :nb * size].reshape((groups, cout_g, nb) + ph.size)
+            if method == "gather" and ph.taps:
+                # (G, taps, C_in/G, nb, *lattice): each tap's input shifted into place, zero
+                # where it reaches nothing; then one GEMM per column tile sums all taps.
+                cols = taps_buf[:len(ph.taps) * g.c_in * width].reshape(
+                    groups, len(ph.taps) * cin_g, width)
+                shifted = cols[:, :, :nb * size].reshape(
+                    (groups, len(ph.taps), cin_g, nb) + ph.size)
+                cols[:, :, nb * size:] = 0
+                for j, tap in enumerate(ph.taps):
+                    if tap.dst is None or any(d.stop - d.start < n
+                                              for d, n in zip(tap.dst, ph.size)):
+                        shifted[:, j].fill(0)
+                    if tap.dst is not None:
+                        shifted[(slice(None), j) + every[:2] + tap.dst] = xt[every + tap.src]
+                np.matmul(lhs[p], tiled(cols), out=tiled(acc_cols))
+            else:
                 acc.fill(0)
-            for b, taps in enumerate(blocks[p]):
-                if method == "gather":
-                    # (G, taps, C_in/G, nb, *lattice): each tap's input, shifted into place.
-                    cols = tap_buf[:len(taps) * nb * g.c_in * size].reshape(
-                        (groups, len(taps), cin_g, nb) + ph.size)
-                    for j, tap in enumerate(taps):
-                        if any(d.stop - d.start < n for d, n in zip(tap.dst, ph.size)):
-                            cols[:, j].fill(0)
-                        cols[(slice(None), j) + every[:2] + tap.dst] = xt[every + tap.src]
-                    flat_acc = acc.reshape(groups, cout_g, nb * size)
-                    cols = cols.reshape(groups, -1, nb * size)
-                    np.matmul(lhs[p][b], cols, out=flat_acc)  # the phase's only block
+            if method == "scatter" and ph.taps:
+                cols = taps_buf[:len(ph.taps) * g.c_out * x_cols.shape[2]].reshape(
+                    groups, len(ph.taps) * cout_g, x_cols.shape[2])
+                np.matmul(lhs[p], tiled(x_cols), out=tiled(cols))
+                cols = cols[:, :, :nb * pixels].reshape(
+                    (groups, len(ph.taps), cout_g, nb) + g.in_size)
+            for j, tap in enumerate(ph.taps):
+                if method == "gather" or tap.dst is None:
                     continue
-                if method == "scatter":
-                    cols = tap_buf[:len(taps) * nb * g.c_out * pixels].reshape(
-                        groups, len(taps) * cout_g, nb * pixels)
-                    np.matmul(lhs[p][b], xt.reshape(groups, cin_g, nb * pixels), out=cols)
-                    cols = cols.reshape((groups, len(taps), cout_g, nb) + g.in_size)
-                for j, tap in enumerate(taps):
-                    dst = acc[every + tap.dst]
-                    if method == "depthwise":
-                        product = tap_buf[:dst.size].reshape(dst.shape)
-                        scale = w[:, tap.flat].reshape((groups, cout_g, 1) + (1,) * rank)
-                        np.multiply(xt[every + tap.src], scale, out=product)
-                        dst += product
-                    else:
-                        dst += cols[(slice(None), j, slice(None), slice(None)) + tap.src]
+                dst = acc[every + tap.dst]
+                if method == "depthwise":
+                    product = taps_buf[:dst.size].reshape(dst.shape)
+                    scale = w[:, tap.flat].reshape((groups, cout_g, 1) + (1,) * rank)
+                    np.multiply(xt[every + tap.src], scale, out=product)
+                    dst += product
+                else:
+                    dst += cols[(slice(None), j, slice(None), slice(None)) + tap.src]
             if bias_init is not None:
                 acc += bias_init
             out = y[(slice(n0, n0 + nb), slice(None))

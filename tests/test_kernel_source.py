@@ -109,3 +109,24 @@ def test_tap_inverse_solves_the_congruence():
                 k = (r // g % step) * inv % step
                 assert (k * dilation - r) % stride == 0
                 assert all((j * dilation - r) % stride for j in range(k))  # k is the first
+
+
+def test_missing_cuda_headers_are_named_with_their_package():
+    # NVRTC without the include folder of nvidia-cuda-runtime: the real error, explained.
+    require_toolchain(importlib.util.find_spec("cupy") is not None,
+                      "the NVRTC compile check needs CuPy (pip install .[cuda])")
+    from cupy._core.core import assemble_cupy_compiler_options
+    from cupy.cuda import nvrtc
+
+    options = tuple(o for o in assemble_cupy_compiler_options(cuda_backend.COMPILE_OPTIONS)
+                    if not o.replace("\\", "/").endswith("/include")) + ("-arch=sm_90",)
+    program = nvrtc.createProgram(launch.kernel_source_path().read_text(), "conv_transpose.cu",
+                                  [], [])
+    try:
+        with pytest.raises(nvrtc.NVRTCError):
+            nvrtc.compileProgram(program, options)
+        log = nvrtc.getProgramLog(program)
+    finally:
+        nvrtc.destroyProgram(program)
+    explained = str(cuda_backend.explain_compile_error(RuntimeError(log)))
+    assert "pip install nvidia-cuda-runtime" in explained and "cuda_fp16.h" in explained
