@@ -27,8 +27,15 @@ def available_backends() -> list[str]:
     return names
 
 
-def _resolve(backend: str) -> str:
+def _check_name(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, "
+                         f"got {backend!r}")
+
+
+def resolve(backend: str) -> str:
     """The backend that will run: ``auto`` resolved, an unusable one refused with the reason."""
+    _check_name(backend)
     if backend == "auto":
         return "cuda" if cuda_backend.unavailable_reason() is None else "numpy"
     if backend == "cuda":
@@ -62,14 +69,12 @@ def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, paddin
                    output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
                    backend: str):
     """Validate, choose the backend and run; ``rank=None`` takes it from ``weight``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, "
-                         f"got {backend!r}")
+    _check_name(backend)
     x, weight, bias = _as_array(x), _as_array(weight), _as_array(bias)
     dtype = check_dtypes(x, weight, bias)
     geometry = geometry_from_shapes(x.shape, weight.shape, None if bias is None else bias.shape,
                                     stride, padding, output_padding, groups, dilation, rank)
-    name = _resolve(backend)
+    name = resolve(backend)
     x_on_device = cuda_backend.is_device_array(x)
     device = x.device if x_on_device else None
 
