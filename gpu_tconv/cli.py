@@ -130,15 +130,15 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------ apply, shape
 
-def _per_dim(values: list[int]):
+def _int_or_tuple(values: list[int]):
     """One value for every dimension, or one per dimension (geometry checks the count)."""
     return values[0] if len(values) == 1 else tuple(values)
 
 
 def _geometry_params(args: argparse.Namespace) -> dict:
-    return dict(stride=_per_dim(args.stride), padding=_per_dim(args.padding),
-                output_padding=_per_dim(args.output_padding),
-                dilation=_per_dim(args.dilation))
+    return dict(stride=_int_or_tuple(args.stride), padding=_int_or_tuple(args.padding),
+                output_padding=_int_or_tuple(args.output_padding),
+                dilation=_int_or_tuple(args.dilation))
 
 
 def _read_npy(name: str, path: str) -> np.ndarray:

@@ -29,7 +29,8 @@ class Layout:
         # Missing batch and channel axes are put in front, as axes of size 1.
         return "N" * ("N" not in self.letters) + "C" * ("C" not in self.letters) + self.letters
 
-    def _order(self) -> list[int]:
+    def axis_order(self) -> list[int]:
+        """The transposition to ``(N, C, *spatial)`` once missing N and C lead the array."""
         full = self._full()
         spatial = [i for i, c in enumerate(full) if c not in "NC"]
         return [full.index("N"), full.index("C")] + spatial
@@ -64,12 +65,12 @@ def to_batch_channels_space(a, layout: Layout):
     for letter in "CN":
         if letter not in layout.letters:
             a = a[None]
-    return a.transpose(layout._order())
+    return a.transpose(layout.axis_order())
 
 
 def from_batch_channels_space(y, layout: Layout):
     """Inverse of :func:`to_batch_channels_space`: ``(N, C, *spatial)`` back to ``layout``."""
-    order = layout._order()
+    order = layout.axis_order()
     y = y.transpose([order.index(i) for i in range(len(order))])
     missing = ("N" not in layout.letters) + ("C" not in layout.letters)
     return y.reshape(y.shape[missing:])

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import gpu_tconv
 from gpu_tconv import cli, cuda_backend
-from oracles import TORCH_TRANSPOSED, Problem, torch_conv_transpose
+from oracles import TORCH_TRANSPOSED, Problem, torch_conv_transpose, torch_interpolate
 
 
 def run(capsys, *argv):
@@ -34,9 +33,8 @@ def assert_one_line_error(status, err, *words):
 
 def torch_upsampled_uint8(image: np.ndarray, scale: int) -> np.ndarray:
     """PyTorch's bilinear interpolation of an (H, W, C) uint8 image, rounded, in float64."""
-    t = torch.from_numpy(image.astype(np.float64)).permute(2, 0, 1)[None]
-    y = F.interpolate(t, scale_factor=scale, mode="bilinear", align_corners=False)
-    return np.clip(np.rint(y[0].permute(1, 2, 0).numpy()), 0, 255)
+    y = torch_interpolate(image.astype(np.float64).transpose(2, 0, 1)[None], scale, "bilinear")
+    return np.clip(np.rint(y[0].transpose(1, 2, 0)), 0, 255)
 
 
 @pytest.fixture
@@ -98,8 +96,7 @@ def test_npy_with_layout(capsys, tmp_path):
     status, _, _ = run(capsys, "upsample", tmp_path / "x.npy", tmp_path / "y.npy",
                        "--layout", "HWC", "--scale", 2)
     assert status == 0
-    expected = F.interpolate(torch.from_numpy(x).permute(2, 0, 1)[None], scale_factor=2,
-                             mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+    expected = torch_interpolate(x.transpose(2, 0, 1)[None], 2, "bilinear")[0].transpose(1, 2, 0)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, atol=2e-6)
 
 

@@ -5,11 +5,10 @@ import re
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 import gpu_tconv
 from conftest import BACKENDS, requires_gpu
+from oracles import torch_interpolate
 from gpu_tconv import api
 from gpu_tconv.layout import (from_batch_channels_space, parse_layout, spatial_layout,
                               to_batch_channels_space)
@@ -18,11 +17,6 @@ from gpu_tconv.upsample import bilinear_taps, interpolation_kernel
 LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 # Small on purpose: the emulated backend runs every thread of the grid on the CPU.
 SIZES = {1: [(1,), (2,), (7,)], 2: [(1, 3), (4, 5)], 3: [(2, 3, 2)]}
-
-
-def torch_interpolate(x: np.ndarray, scale: int, mode: str) -> np.ndarray:
-    kw = {} if mode == "nearest" else {"align_corners": False}
-    return F.interpolate(torch.from_numpy(x), scale_factor=scale, mode=mode, **kw).numpy()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
