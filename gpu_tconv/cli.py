@@ -33,8 +33,9 @@ PROG = "gpu-tconv"
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 SAMPLE_NAME = "gpu-tconv-sample.png"
 
-# What a user can cause: bad files, bad values, an unusable backend. Anything else is
-# a bug and keeps its traceback.
+# How the package reports what a user can cause: bad values as ValueError/TypeError
+# (geometry, upsample, files), an unusable backend as RuntimeError, file-system trouble
+# as OSError. These end in one line; any other exception keeps its traceback.
 USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError)
 
 
