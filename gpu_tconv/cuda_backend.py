@@ -65,6 +65,46 @@ def unavailable_reason() -> str | None:
     return None if error is None else str(error)
 
 
+def cupy_version() -> str | None:
+    """CuPy's version if it imports, else ``None`` (whether or not a GPU is usable)."""
+    try:
+        return _import_cupy().__version__
+    except RuntimeError:
+        return None
+
+
+def _cuda_version(number: int) -> str:
+    # CUDA encodes 13.0 as 13000 and 12.4 as 12040.
+    return f"{number // 1000}.{number % 1000 // 10}"
+
+
+def describe() -> dict:
+    """Versions and devices as CuPy sees them, for a usable backend (see ``check_available``).
+
+    Returns ``{"cupy": str, "runtime": str, "driver": str, "nvrtc": str, "devices": [{"id",
+    "name", "compute_capability", "memory_bytes"}, ...]}``; ``nvrtc`` says why when the
+    compiler library cannot be loaded.
+    """
+    check_available()
+    cupy = _import_cupy()
+    runtime = cupy.cuda.runtime
+    try:
+        nvrtc = "%d.%d" % cupy.cuda.nvrtc.getVersion()
+    except Exception as error:  # a missing libnvrtc surfaces only when first used
+        nvrtc = f"unavailable ({error})"
+    devices = []
+    for device_id in range(runtime.getDeviceCount()):
+        props = runtime.getDeviceProperties(device_id)
+        name = props["name"]
+        devices.append({"id": device_id,
+                        "name": name.decode() if isinstance(name, bytes) else str(name),
+                        "compute_capability": f"{props['major']}.{props['minor']}",
+                        "memory_bytes": int(props["totalGlobalMem"])})
+    return {"cupy": cupy.__version__, "runtime": _cuda_version(runtime.runtimeGetVersion()),
+            "driver": _cuda_version(runtime.driverGetVersion()), "nvrtc": nvrtc,
+            "devices": devices}
+
+
 def is_device_array(a) -> bool:
     """True for a CuPy array; never imports CuPy to find out."""
     return type(a).__module__.startswith("cupy")

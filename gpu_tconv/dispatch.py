@@ -39,8 +39,15 @@ def _log_fallback_once(reason: str) -> None:
     logger.info("gpu_tconv: backend 'auto' uses numpy because %s", reason)
 
 
-def _resolve(backend: str) -> str:
+def _check_name(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, "
+                         f"got {backend!r}")
+
+
+def resolve(backend: str) -> str:
     """The backend that will run: ``auto`` resolved, an unusable one refused with the reason."""
+    _check_name(backend)
     if backend == "auto":
         if cuda_backend.unavailable_reason() is None:
             return "cuda"
@@ -66,14 +73,12 @@ def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, paddin
                    output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
                    backend: str):
     """Validate, choose the backend and run; ``rank=None`` takes it from ``weight``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, "
-                         f"got {backend!r}")
+    _check_name(backend)
     x, weight, bias = _as_array(x), _as_array(weight), _as_array(bias)
     dtype = check_dtypes(x, weight, bias)
     geometry = geometry_from_shapes(x.shape, weight.shape, None if bias is None else bias.shape,
                                     stride, padding, output_padding, groups, dilation, rank)
-    name = _resolve(backend)
+    name = resolve(backend)
     x_on_device = cuda_backend.is_device_array(x)
     device = x.device if x_on_device else None
 

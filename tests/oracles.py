@@ -45,6 +45,12 @@ def torch_conv_transpose(p: Problem) -> np.ndarray:
     return TORCH_TRANSPOSED[p.rank](t(p.x), t(p.weight), t(p.bias), **p.params).numpy()
 
 
+def torch_interpolate(x: np.ndarray, scale: int, mode: str) -> np.ndarray:
+    """PyTorch's ``interpolate`` of an ``(N, C, *spatial)`` array by an integer factor."""
+    kw = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(torch.from_numpy(x), scale_factor=scale, mode=mode, **kw).numpy()
+
+
 def torch_conv_forward(y: np.ndarray, p: Problem) -> np.ndarray:
     """The forward convolution C whose adjoint is the transposed convolution (no bias)."""
     kw = {k: v for k, v in p.params.items() if k != "output_padding"}

@@ -14,7 +14,7 @@ from gpu_tconv import launch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_wheel_ships_kernel_and_emulator_sources(tmp_path):
+def test_wheel_ships_kernel_and_emulator_sources_and_the_command(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
                            "--no-build-isolation", "-q", "-w", str(tmp_path)],
                           capture_output=True, text=True)
@@ -25,6 +25,9 @@ def test_wheel_ships_kernel_and_emulator_sources(tmp_path):
         assert f"gpu_tconv/kernels/{kernel.name}" in names
     for part in ("cuda_shim.h", "launcher.cpp", "include/cuda_fp16.h"):
         assert f"gpu_tconv/emulator/{part}" in names
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "gpu-tconv = gpu_tconv.cli:main" in scripts
 
 
 def test_kernel_source_is_found():
