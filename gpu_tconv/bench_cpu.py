@@ -147,17 +147,23 @@ def _print_row(r: dict, methods: bool) -> None:
           f"{r['peak_extra_mib']:6.1f} MiB ({r['method']}){per_method}{extra}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--pause", type=float, default=0.3, help="seconds between blocks")
-    parser.add_argument("--only", help="run the configurations whose name contains this")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's flags, shared by ``bench/cpu.py`` and ``gpu-tconv bench --cpu``."""
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per case (default 7)")
+    parser.add_argument("--pause", type=float, default=0.3,
+                        help="seconds of rest between blocks (default 0.3)")
+    parser.add_argument("--only", metavar="TEXT",
+                        help="run the configurations whose name contains TEXT")
     parser.add_argument("--methods", action="store_true",
                         help="also time every NumPy formulation, not only the chosen one")
-    parser.add_argument("--output", type=Path, default=Path("bench/results"),
-                        help="folder for the JSON results")
-    args = parser.parse_args(argv)
+    parser.add_argument("--output", type=Path, default=Path("bench/results"), metavar="DIR",
+                        help="folder for the JSON results (default bench/results)")
+
+
+def run_from_args(args: argparse.Namespace) -> dict:
     configs = [c for c in CONFIGS if not args.only or args.only in c.name]
+    if not configs:
+        raise ValueError(f"no benchmark configuration matches {args.only!r}")
     print("BLAS:", ", ".join(f"{b.get('internal_api')} {b.get('version')} "
                              f"({b.get('num_threads')} threads)" for b in blas_info()))
     result = run(configs, args.repeats, args.pause, args.methods)
@@ -168,3 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
     path.write_text(json.dumps(result, indent=1))
     print("wrote", path)
     return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import __version__, batch, cuda_backend, dispatch, emulated_backend, explain, files
+from . import __version__, batch, bench_cpu, cuda_backend, dispatch, emulated_backend, explain, files
 from .api import available_backends, conv_transpose
 from .geometry import geometry_from_shapes
 from .layout import spatial_layout
@@ -200,6 +200,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    bench_cpu.run_from_args(args)
+    return 0
+
+
 # ------------------------------------------------------------------------------ parser
 
 def _add_command(commands, name: str, summary: str, example: str) -> argparse.ArgumentParser:
@@ -290,6 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
                         f"taps summed into it (1-D and 2-D, up to "
                         f"{explain.MAX_EXPLAINED_OUTPUTS} outputs)")
     p.set_defaults(run=_cmd_shape)
+
+    p = _add_command(
+        commands, "bench", "Time the NumPy backend against PyTorch's CPU conv_transpose "
+        "(installed separately) on standard layer shapes; print a table, write JSON.",
+        f"  {PROG} bench --cpu\n  {PROG} bench --cpu --only DCGAN --repeats 3")
+    p.add_argument("--cpu", action="store_true", required=True,
+                   help="the CPU benchmark (required: the one this release has)")
+    bench_cpu.add_arguments(p)
+    p.set_defaults(run=_cmd_bench)
 
     p = _add_command(commands, "info", "Print the version, the backends usable here and why "
                      "CUDA is not, or the GPUs with their CUDA and CuPy versions.",
