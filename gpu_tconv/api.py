@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from . import dispatch
-from .geometry import IntOrTuple, geometry_from_shapes
+from .geometry import IntOrTuple, Padding, geometry_from_shapes
 
 _DOC = """{rank}-D transposed convolution ("deconvolution"), as PyTorch's ``{torch}``.
 
     Args:
-        x: input, shape ``(N, C_in, {spatial})``; NumPy or CuPy, float16/32/64.
-        weight: shape ``(C_in, C_out/groups, {kernel})``, same dtype as ``x``.
-        bias: shape ``(C_out,)`` or ``None``.
-        stride, padding, output_padding, dilation: an int or one int per spatial
-            dimension. ``output_padding`` must be smaller than ``stride`` or
-            ``dilation`` and is added to one side only.
+        x: input, ``(N, C_in, {spatial})``, or ``(N, {spatial}, C_in)`` with
+            ``layout="channels_last"``; NumPy or CuPy (or any array with
+            ``__cuda_array_interface__`` or ``__dlpack__``), float16/32/64.
+        weight: ``(C_in, C_out/groups, {kernel})`` in either layout, same dtype as ``x``.
+        bias: ``(C_out,)`` or ``None``.
+        stride, output_padding, dilation: an int or one int per spatial dimension.
+            ``output_padding`` must be smaller than ``stride`` or ``dilation`` and is
+            added at the high end only.
+        padding: an int or one int per dimension (removed at both ends), one
+            ``(low, high)`` pair per dimension, or Keras/TensorFlow's ``"same"``
+            (``out = in*stride``) or ``"valid"`` (``out = (in-1)*stride +
+            max(dilation*(k-1)+1, stride)``).
         groups: ``C_in`` and ``C_out`` are split into this many independent groups.
+        output_size: the spatial output sizes wanted (or a whole shape, whose
+            trailing entries are used), between the minimum and minimum + stride - 1
+            as PyTorch's modules allow; turned into output padding.
+        layout: ``"channels_first"`` (default) or ``"channels_last"``, for ``x`` and
+            the result.
         backend: ``"auto"`` (the CUDA kernel when CuPy and a GPU are usable, else
             NumPy), ``"cuda"``, ``"numpy"`` or ``"emulated"`` (the CUDA source run on
             the CPU, for testing).
 
     Returns:
-        ``y`` of shape ``(N, C_out, {out})`` with, per spatial dimension,
-        ``out = (in-1)*stride - 2*padding + dilation*(k-1) + output_padding + 1``;
-        the dtype of ``x`` and the array kind of ``x`` (CuPy results stay on the
-        device of ``x``). float16 is accumulated in float32.
+        ``y`` of shape ``(N, C_out, {out})`` (or channels last) with, per spatial
+        dimension, ``out = (in-1)*stride - padding_low - padding_high + dilation*(k-1)
+        + output_padding + 1``; the dtype of ``x``; NumPy for host input, CuPy on the
+        device of ``x`` for device input. float16 is accumulated in float32.
 
     Raises:
         ValueError, TypeError: for invalid shapes, dtypes or parameters, naming the
@@ -32,32 +45,36 @@ _DOC = """{rank}-D transposed convolution ("deconvolution"), as PyTorch's ``{tor
     """
 
 
-def conv_transpose(x, weight, bias=None, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
+def conv_transpose(x, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0,
                    output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
-                   *, backend: str = "auto"):
+                   *, output_size: Sequence[int] | None = None, layout: str = "channels_first",
+                   backend: str = "auto"):
     return dispatch.conv_transpose(None, x, weight, bias, stride, padding, output_padding,
-                                   groups, dilation, backend)
+                                   groups, dilation, backend, output_size, layout)
 
 
-def conv_transpose1d(x, weight, bias=None, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
+def conv_transpose1d(x, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0,
                      output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
-                     *, backend: str = "auto"):
+                     *, output_size: Sequence[int] | None = None,
+                     layout: str = "channels_first", backend: str = "auto"):
     return dispatch.conv_transpose(1, x, weight, bias, stride, padding, output_padding,
-                                   groups, dilation, backend)
+                                   groups, dilation, backend, output_size, layout)
 
 
-def conv_transpose2d(x, weight, bias=None, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
+def conv_transpose2d(x, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0,
                      output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
-                     *, backend: str = "auto"):
+                     *, output_size: Sequence[int] | None = None,
+                     layout: str = "channels_first", backend: str = "auto"):
     return dispatch.conv_transpose(2, x, weight, bias, stride, padding, output_padding,
-                                   groups, dilation, backend)
+                                   groups, dilation, backend, output_size, layout)
 
 
-def conv_transpose3d(x, weight, bias=None, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
+def conv_transpose3d(x, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0,
                      output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
-                     *, backend: str = "auto"):
+                     *, output_size: Sequence[int] | None = None,
+                     layout: str = "channels_first", backend: str = "auto"):
     return dispatch.conv_transpose(3, x, weight, bias, stride, padding, output_padding,
-                                   groups, dilation, backend)
+                                   groups, dilation, backend, output_size, layout)
 
 
 conv_transpose.__doc__ = _DOC.format(
@@ -71,17 +88,20 @@ conv_transpose3d.__doc__ = _DOC.format(rank="3", torch="conv_transpose3d", spati
                                        kernel="kD, kH, kW", out="D_out, H_out, W_out")
 
 
-def output_shape(x_shape, weight_shape, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
-                 output_padding: IntOrTuple = 0, groups: int = 1,
-                 dilation: IntOrTuple = 1) -> tuple[int, ...]:
-    """Shape ``(N, C_out, *out)`` of the result for these shapes and parameters.
+def output_shape(x_shape, weight_shape, stride: IntOrTuple = 1, padding: Padding = 0,
+                 output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
+                 *, output_size: Sequence[int] | None = None,
+                 layout: str = "channels_first") -> tuple[int, ...]:
+    """Shape of the result for these shapes and parameters: ``(N, C_out, *out)``, or
+    ``(N, *out, C_out)`` with ``layout="channels_last"``.
 
-    Per spatial dimension ``out = (in-1)*stride - 2*padding + dilation*(k-1)
-    + output_padding + 1``; the rank is ``len(weight_shape) - 2``. Invalid shapes or
-    parameters raise the same errors as the convolution itself.
+    Per spatial dimension ``out = (in-1)*stride - padding_low - padding_high
+    + dilation*(k-1) + output_padding + 1``; the rank is ``len(weight_shape) - 2``.
+    Invalid shapes or parameters raise the same errors as the convolution itself.
     """
     return geometry_from_shapes(x_shape, weight_shape, None, stride, padding, output_padding,
-                                groups, dilation).out_shape
+                                groups, dilation, output_size=output_size,
+                                layout=layout).out_shape
 
 
 def available_backends() -> list[str]:

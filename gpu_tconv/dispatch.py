@@ -14,7 +14,7 @@ import logging
 import numpy as np
 
 from . import cuda_backend, emulated_backend, numpy_backend
-from .geometry import IntOrTuple, check_dtypes, geometry_from_shapes
+from .geometry import IntOrTuple, Padding, check_dtypes, geometry_from_shapes
 
 logger = logging.getLogger("gpu_tconv")
 
@@ -69,15 +69,16 @@ def _to_host(a):
     return a.get() if cuda_backend.is_device_array(a) else a
 
 
-def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, padding: IntOrTuple,
+def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, padding: Padding,
                    output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
-                   backend: str):
+                   backend: str, output_size=None, layout: str = "channels_first"):
     """Validate, choose the backend and run; ``rank=None`` takes it from ``weight``."""
     _check_name(backend)
     x, weight, bias = _as_array(x), _as_array(weight), _as_array(bias)
     dtype = check_dtypes(x, weight, bias)
     geometry = geometry_from_shapes(x.shape, weight.shape, None if bias is None else bias.shape,
-                                    stride, padding, output_padding, groups, dilation, rank)
+                                    stride, padding, output_padding, groups, dilation, rank,
+                                    output_size=output_size, layout=layout)
     name = resolve(backend)
     x_on_device = cuda_backend.is_device_array(x)
     device = x.device if x_on_device else None

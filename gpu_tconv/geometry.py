@@ -15,6 +15,10 @@ from typing import Sequence, Union
 import numpy as np
 
 IntOrTuple = Union[int, Sequence[int]]
+#: An int, one int per dimension, one ``(low, high)`` pair per dimension, or a mode.
+Padding = Union[int, str, Sequence[Union[int, Sequence[int]]]]
+PADDING_MODES = ("same", "valid")
+LAYOUTS = ("channels_first", "channels_last")
 
 #: Element types the kernels are instantiated for.
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -25,10 +29,29 @@ _MAX_ELEMENTS = 2**62
 _MAX_PARAMETER = 2**31
 
 
-def output_size(in_size: int, kernel: int, stride: int, padding: int, output_padding: int,
-                dilation: int) -> int:
-    """PyTorch's rule for one spatial dimension of a transposed convolution."""
-    return (in_size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+def output_length(in_size: int, kernel: int, stride: int, padding: int, output_padding: int,
+                dilation: int, padding_high: int | None = None) -> int:
+    """PyTorch's rule for one spatial dimension of a transposed convolution.
+
+    ``out = (in-1)*stride - padding - padding_high + dilation*(kernel-1) + output_padding + 1``
+    with ``padding_high = padding`` unless given.
+    """
+    high = padding if padding_high is None else padding_high
+    return (in_size - 1) * stride - padding - high + dilation * (kernel - 1) + output_padding + 1
+
+
+def mode_padding(mode: str, in_size: int, kernel: int, stride: int,
+                 dilation: int) -> tuple[int, int, int]:
+    """``(low, high, output_padding)`` of Keras/TensorFlow's ``"same"`` and ``"valid"``.
+
+    With ``dk = dilation*(kernel-1) + 1``: ``same`` gives ``out = in*stride``, trimming
+    ``max(dk - stride, 0)`` outputs, the smaller half at the low end (TensorFlow's
+    split); ``valid`` gives ``out = (in-1)*stride + max(dk, stride)``, trimming nothing.
+    Where ``dk < stride`` both end in ``stride - dk`` outputs no tap reaches (zeros).
+    """
+    dk = dilation * (kernel - 1) + 1
+    trim = max(dk - stride, 0) if mode == "same" else 0
+    return trim // 2, trim - trim // 2, max(stride - dk, 0)
 
 
 @dataclass(frozen=True)
@@ -47,6 +70,10 @@ class Geometry:
     dilation: tuple[int, ...]
     out_size: tuple[int, ...]
     has_bias: bool = False
+    #: Padding removed at the high end of each dimension; ``padding`` is the low end's.
+    #: Negative where a mode asks for more output than the kernel reaches (zeros there).
+    padding_high: tuple[int, ...] | None = None
+    channels_last: bool = False
 
     @property
     def rank(self) -> int:
@@ -62,6 +89,8 @@ class Geometry:
 
     @property
     def out_shape(self) -> tuple[int, ...]:
+        if self.channels_last:
+            return (self.batch,) + self.out_size + (self.c_out,)
         return (self.batch, self.c_out) + self.out_size
 
     @property
@@ -94,15 +123,62 @@ def _shape(shape, name: str) -> tuple[int, ...]:
         raise TypeError(f"{name} shape must be a sequence of integers, got {shape!r}") from None
 
 
+def _padding_pairs(padding, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(low, high)`` per dimension from an int, ints per dimension, or pairs."""
+    if isinstance(padding, (tuple, list)) and any(isinstance(p, (tuple, list)) for p in padding):
+        if len(padding) != rank or not all(isinstance(p, (tuple, list)) and len(p) == 2
+                                           for p in padding):
+            raise ValueError(f"padding as pairs must have one (low, high) pair per spatial "
+                             f"dimension ({rank}), got {padding!r}")
+        pairs = [(_int(lo, "padding"), _int(hi, "padding")) for lo, hi in padding]
+        return tuple(lo for lo, _ in pairs), tuple(hi for _, hi in pairs)
+    symmetric = _per_dim(padding, "padding", rank)
+    return symmetric, symmetric
+
+
+def _describe_padding(low: tuple[int, ...], high: tuple[int, ...]) -> str:
+    return str(low) if low == high else str(tuple(zip(low, high)))
+
+
+def _output_size_padding(requested, in_size, kernel, stride, padding, padding_high,
+                         dilation) -> tuple[int, ...]:
+    """The output padding that yields ``output_size``, or a ``ValueError`` with the range."""
+    rank = len(in_size)
+    try:
+        wanted = tuple(_int(v, "output_size") for v in requested)
+    except TypeError:
+        raise TypeError(f"output_size must be a sequence of integers, got {requested!r}") \
+            from None
+    if len(wanted) < rank:
+        raise ValueError(f"output_size must give {rank} spatial sizes, got {wanted}")
+    wanted = wanted[-rank:]  # a whole shape (N, C, *spatial) is accepted too
+    smallest = [output_length(*a, 0, d, hi) for a, d, hi in
+                zip(zip(in_size, kernel, stride, padding), dilation, padding_high)]
+    for w, lo, s in zip(wanted, smallest, stride):
+        if not lo <= w <= lo + s - 1:
+            ranges = ", ".join(f"{m}..{m + st - 1}" for m, st in zip(smallest, stride))
+            raise ValueError(f"output_size {wanted} is not reachable: each size must lie "
+                             f"between the minimum and minimum + stride - 1 ({ranges})")
+    return tuple(w - lo for w, lo in zip(wanted, smallest))
+
+
 def geometry_from_shapes(x_shape: Sequence[int], weight_shape: Sequence[int],
                          bias_shape: Sequence[int] | None = None, stride: IntOrTuple = 1,
-                         padding: IntOrTuple = 0, output_padding: IntOrTuple = 0,
+                         padding: Padding = 0, output_padding: IntOrTuple = 0,
                          groups: int = 1, dilation: IntOrTuple = 1,
-                         rank: int | None = None) -> Geometry:
+                         rank: int | None = None, *, output_size: Sequence[int] | None = None,
+                         layout: str = "channels_first") -> Geometry:
     """Validate shapes and parameters and compute the output size.
 
     ``rank`` is the number of spatial dimensions; ``None`` takes it from the weight.
+    ``padding`` is an int, one int per dimension, one ``(low, high)`` pair per dimension,
+    or ``"same"``/``"valid"`` (see :func:`mode_padding`). ``output_size`` (the spatial
+    sizes wanted, or a whole shape whose trailing entries are taken) becomes output
+    padding, as PyTorch's modules do.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    channels_last = layout == "channels_last"
     x_shape = _shape(x_shape, "x")
     weight_shape = _shape(weight_shape, "weight")
     if rank is None:
@@ -110,8 +186,9 @@ def geometry_from_shapes(x_shape: Sequence[int], weight_shape: Sequence[int],
         if not 1 <= rank <= 3:
             raise ValueError("weight must have 3, 4 or 5 dimensions (C_in, C_out/groups, *kernel) "
                              f"for a 1-, 2- or 3-D transposed convolution, got shape {weight_shape}")
+    x_axes = "(N, *spatial, C_in)" if channels_last else "(N, C_in, *spatial)"
     if len(x_shape) != rank + 2:
-        raise ValueError(f"x must have {rank + 2} dimensions (N, C_in, *spatial) for a {rank}-D "
+        raise ValueError(f"x must have {rank + 2} dimensions {x_axes} for a {rank}-D "
                          f"transposed convolution, got shape {x_shape}")
     if len(weight_shape) != rank + 2:
         raise ValueError(f"weight must have {rank + 2} dimensions (C_in, C_out/groups, *kernel) "
@@ -120,11 +197,18 @@ def geometry_from_shapes(x_shape: Sequence[int], weight_shape: Sequence[int],
         if any(s < 0 for s in shape):
             raise ValueError(f"{name} shape must not be negative, got {shape}")
 
-    batch, c_in, *in_size = x_shape
+    if channels_last:
+        batch, *in_size, c_in = x_shape
+    else:
+        batch, c_in, *in_size = x_shape
     w_c_in, c_out_per_group, *kernel = weight_shape
     groups = _int(groups, "groups")
     stride = _per_dim(stride, "stride", rank)
-    padding = _per_dim(padding, "padding", rank)
+    mode = padding if isinstance(padding, str) else None
+    if mode is not None and mode not in PADDING_MODES:
+        raise ValueError(f"padding must be an int, a tuple, or one of {PADDING_MODES}, "
+                         f"got {padding!r}")
+    padding, padding_high = _padding_pairs(0 if mode else padding, rank)
     output_padding = _per_dim(output_padding, "output_padding", rank)
     dilation = _per_dim(dilation, "dilation", rank)
 
@@ -142,7 +226,8 @@ def geometry_from_shapes(x_shape: Sequence[int], weight_shape: Sequence[int],
     if c_out_per_group == 0 or any(k == 0 for k in kernel):
         raise ValueError(f"weight must not have empty dimensions, got shape {weight_shape}")
     for name, values, low in (("stride", stride, 1), ("dilation", dilation, 1),
-                              ("padding", padding, 0), ("output_padding", output_padding, 0)):
+                              ("padding", padding + padding_high, 0),
+                              ("output_padding", output_padding, 0)):
         if any(v < low for v in values):
             raise ValueError(f"{name} must be at least {low}, got {values}")
     # The kernel multiplies stride by dilation (and by a modular inverse below the
@@ -151,6 +236,19 @@ def geometry_from_shapes(x_shape: Sequence[int], weight_shape: Sequence[int],
         if any(v >= _MAX_PARAMETER for v in values):
             raise ValueError(f"{name} must be smaller than 2**31, got {values}")
 
+    if (mode or output_size is not None) and any(output_padding):
+        raise ValueError("output_padding cannot be combined with "
+                         + ("output_size" if output_size is not None else f"padding={mode!r}")
+                         + f", got output_padding={output_padding}")
+    if mode is not None:
+        if output_size is not None:
+            raise ValueError(f"output_size cannot be combined with padding={mode!r}: "
+                             "the mode fixes the output size")
+        padding, padding_high, output_padding = (tuple(v) for v in zip(*(
+            mode_padding(mode, *a) for a in zip(in_size, kernel, stride, dilation))))
+    elif output_size is not None:
+        output_padding = _output_size_padding(output_size, in_size, kernel, stride, padding,
+                                              padding_high, dilation)
     for s, d, op in zip(stride, dilation, output_padding):
         if op >= max(s, d):
             raise ValueError(f"output_padding must be smaller than either stride or dilation, "
@@ -164,12 +262,13 @@ def geometry_from_shapes(x_shape: Sequence[int], weight_shape: Sequence[int],
             raise ValueError(f"bias must have shape ({c_out},) (the output channels), "
                              f"got {bias_shape}")
 
-    out_size = tuple(output_size(*a) for a in zip(in_size, kernel, stride, padding,
-                                                  output_padding, dilation))
+    out_size = tuple(output_length(*a) for a in zip(in_size, kernel, stride, padding,
+                                                  output_padding, dilation, padding_high))
     if any(o < 1 for o in out_size):
         raise ValueError(
-            f"padding {padding} is too large: the output size would be {out_size} "
-            "= (in-1)*stride - 2*padding + dilation*(kernel-1) + output_padding + 1 "
+            f"padding {_describe_padding(padding, padding_high)} is too large: the output "
+            f"size would be {out_size} = (in-1)*stride - padding_low - padding_high "
+            "+ dilation*(kernel-1) + output_padding + 1 "
             f"with in={tuple(in_size)}, kernel={tuple(kernel)}, stride={stride}, "
             f"dilation={dilation}, output_padding={output_padding}")
 
@@ -181,7 +280,8 @@ def geometry_from_shapes(x_shape: Sequence[int], weight_shape: Sequence[int],
     return Geometry(batch=batch, c_in=c_in, c_out=c_out, groups=groups, in_size=tuple(in_size),
                     kernel=tuple(kernel), stride=stride, padding=padding,
                     output_padding=output_padding, dilation=dilation, out_size=out_size,
-                    has_bias=bias_shape is not None)
+                    has_bias=bias_shape is not None, padding_high=padding_high,
+                    channels_last=channels_last)
 
 
 def check_dtypes(x, weight, bias) -> np.dtype:

@@ -48,14 +48,16 @@ def kernel_source_path(name: str = KERNEL_FILE) -> Path:
                             f"(looked in {packaged} and {checkout})")
 
 
-def kernel_expression(dtype: np.dtype, index_bits: int) -> str:
+def kernel_expression(dtype: np.dtype, index_bits: int, channels_last: bool = False) -> str:
     """The C++ name of one kernel instantiation, as NVRTC and the host compiler see it."""
-    return f"{KERNEL_NAME}<{C_TYPES[np.dtype(dtype)]}, {INDEX_TYPES[index_bits][0]}>"
+    return (f"{KERNEL_NAME}<{C_TYPES[np.dtype(dtype)]}, {INDEX_TYPES[index_bits][0]}, "
+            f"{'true' if channels_last else 'false'}>")
 
 
 def all_kernel_expressions() -> list[str]:
     """Every instantiation the package may launch (for compile checks)."""
-    return [kernel_expression(d, b) for d in C_TYPES for b in INDEX_TYPES]
+    return [kernel_expression(d, b, cl) for d in C_TYPES for b in INDEX_TYPES
+            for cl in (False, True)]
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ def plan(geometry: Geometry, dtype: np.dtype, index_bits: int | None = None) -> 
         + _padded(tuple(gcd for gcd, _ in inverses), 1)
         + _padded(tuple(inv for _, inv in inverses), 0)
     )
-    return LaunchPlan(kernel=kernel_expression(dtype, index_bits), grid=(blocks, 1, 1),
+    return LaunchPlan(kernel=kernel_expression(dtype, index_bits, g.channels_last),
+                      grid=(blocks, 1, 1),
                       block=(BLOCK_SIZE, 1, 1), scalars=tuple(index(v) for v in values),
                       index_bits=index_bits)

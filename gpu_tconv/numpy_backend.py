@@ -126,16 +126,24 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
         if method == "gather" and not np.isfinite(weight).all():
             method = "scatter"
     y = np.empty(g.out_shape, x.dtype)
+    if g.channels_last:
+        # Channels-first views of x and y: the computation copies its input a chunk at a
+        # time anyway and writes the output through strided views, so no transposed copy
+        # of either array is made.
+        x, y_view = np.moveaxis(x, -1, 1), np.moveaxis(y, -1, 1)
+        g = replace(g, channels_last=False)
+    else:
+        y_view = y
     whole = (slice(None),) * 2
     compute = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
     # NaN, infinities and float16 overflow are results here, as in PyTorch, not errors.
     with np.errstate(all="ignore"):
         for in_box, out_box, tile in _tiles(g, method, compute.itemsize):
             if tile is None:  # no input reaches this box: only the bias does
-                y[whole + out_box] = 0 if bias is None else \
+                y_view[whole + out_box] = 0 if bias is None else \
                     bias.reshape((g.c_out,) + (1,) * g.rank)
             else:
-                _compute(x[whole + in_box], weight, bias, tile, method, y[whole + out_box])
+                _compute(x[whole + in_box], weight, bias, tile, method, y_view[whole + out_box])
     return y
 
 

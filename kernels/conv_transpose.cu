@@ -9,15 +9,19 @@
 // level and keeps a single source for all ranks.
 //
 // Layouts (C-contiguous):
-//   x    (N, C_in, in0, in1, in2)
+//   x    (N, C_in, in0, in1, in2)     or, channels last, (N, in0, in1, in2, C_in)
 //   w    (C_in, C_out/groups, k0, k1, k2)
 //   bias (C_out) or a null pointer
-//   y    (N, C_out, out0, out1, out2)
-// with out = (in-1)*stride - 2*padding + dilation*(k-1) + output_padding + 1.
+//   y    (N, C_out, out0, out1, out2) or, channels last, (N, out0, out1, out2, C_out)
+// Output o of a dimension takes input i through tap k when
+// o = i*stride + k*dilation - pad, pad being the padding removed at the low end; the
+// host computes the output sizes (which also fold in the high-end padding and the
+// output padding).
 //
 // Template parameters: T is the element type (__half, float, double); I is the
 // index type, int where every size and offset fits in 31 bits (faster), long
-// long otherwise. The host picks I per launch.
+// long otherwise; CHANNELS_LAST selects the layout of x and y. The host picks them
+// per launch.
 //
 // The file has no host code and no runtime API calls: it is compiled by NVRTC
 // (through CuPy), by nvcc (compile checks) and by the host C++ compiler through
@@ -87,7 +91,7 @@ __device__ __forceinline__ TapRange<I> taps_reaching(
     return t;
 }
 
-template <typename T, typename I>
+template <typename T, typename I, bool CHANNELS_LAST>
 __global__ void conv_transpose_gather(
         const T* __restrict__ x, const T* __restrict__ w,
         const T* __restrict__ bias, T* __restrict__ y,
@@ -106,17 +110,23 @@ __global__ void conv_transpose_gather(
     const I in_plane = in0 * in1 * in2;
     const I taps = k0 * k1 * k2;
     const I w_channel = c_out_per_group * taps;  // weight stride between input channels
+    // Strides of x between input channels and between input pixels.
+    const I x_channel = CHANNELS_LAST ? 1 : in_plane;
+    const I x_pixel = CHANNELS_LAST ? c_in : 1;
 
-    // Grid-stride loop: consecutive threads take consecutive outputs (the last
-    // spatial dimension varies fastest), so stores are coalesced.
+    // Grid-stride loop: consecutive threads take consecutive outputs (in memory
+    // order: the last spatial dimension, or the channel when channels are last),
+    // so stores are coalesced.
     for (I index = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; index < total;
          index += (I)blockDim.x * (I)gridDim.x) {
         I rest = index;
+        I co = 0;
+        if (CHANNELS_LAST) { co = rest % c_out; rest /= c_out; }
         const I o2 = rest % out2; rest /= out2;
         const I o1 = rest % out1; rest /= out1;
         const I o0 = rest % out0; rest /= out0;
-        const I co = rest % c_out;
-        const I n = rest / c_out;
+        if (!CHANNELS_LAST) { co = rest % c_out; rest /= c_out; }
+        const I n = rest;
         const I group = co / c_out_per_group;
         const I co_in_group = co - group * c_out_per_group;
 
@@ -124,7 +134,7 @@ __global__ void conv_transpose_gather(
         const TapRange<I> t1 = taps_reaching<I>(o1, in1, k1, stride1, pad1, dil1, gcd1, inv1);
         const TapRange<I> t2 = taps_reaching<I>(o2, in2, k2, stride2, pad2, dil2, gcd2, inv2);
 
-        const T* x_n = x + (n * c_in + group * c_in_per_group) * in_plane;
+        const T* x_n = x + n * c_in * in_plane + group * c_in_per_group * x_channel;
         const T* w_g = w + (group * c_in_per_group) * w_channel + co_in_group * taps;
 
         Acc acc = 0;
@@ -137,10 +147,10 @@ __global__ void conv_transpose_gather(
                 for (I c = 0; c < t2.count; ++c) {
                     const I i2 = t2.input - c * t2.input_step;
                     const I q2 = t2.tap + c * t2.tap_step;
-                    const T* xp = x_n + (i0 * in1 + i1) * in2 + i2;
+                    const T* xp = x_n + ((i0 * in1 + i1) * in2 + i2) * x_pixel;
                     const T* wp = w_g + (q0 * k1 + q1) * k2 + q2;
                     for (I ci = 0; ci < c_in_per_group; ++ci) {
-                        acc += to_acc(xp[ci * in_plane]) * to_acc(wp[ci * w_channel]);
+                        acc += to_acc(xp[ci * x_channel]) * to_acc(wp[ci * w_channel]);
                     }
                 }
             }

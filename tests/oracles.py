@@ -118,13 +118,19 @@ def problems(draw, ranks=(1, 2, 3), max_batch=2, bias=None) -> Problem:
     return Problem(x, w, b, params)
 
 
-def assert_close(actual: np.ndarray, expected: np.ndarray, p: Problem, dtype) -> None:
-    """|actual - expected| within the dtype's tolerance of the magnitude of the sum."""
+def assert_close(actual: np.ndarray, expected: np.ndarray, p: Problem, dtype,
+                 scale: np.ndarray | None = None) -> None:
+    """|actual - expected| within the dtype's tolerance of the magnitude of the sum.
+
+    ``scale`` is that magnitude (sum of |x*w| + |b| per output); by default it is
+    computed for ``p``'s explicit parameters.
+    """
     from gpu_tconv.reference import conv_transpose_reference
 
     assert actual.shape == expected.shape
-    scale = conv_transpose_reference(np.abs(p.x), np.abs(p.weight),
-                                     None if p.bias is None else np.abs(p.bias), **p.params)
+    if scale is None:
+        scale = conv_transpose_reference(np.abs(p.x), np.abs(p.weight),
+                                         None if p.bias is None else np.abs(p.bias), **p.params)
     error = np.abs(actual.astype(np.float64) - expected)
     # Rounding to a subnormal result can err by half the subnormal spacing, whatever the scale.
     bound = TOLERANCE[np.dtype(dtype).type] * scale + np.finfo(dtype).smallest_subnormal

@@ -94,7 +94,7 @@ def test_index_width_follows_the_sizes():
     # 2**31 output elements: one past what a 32-bit signed index can address.
     large = geometry_from_shapes((4, 1, 2**14, 2**15), (1, 1, 1, 1))
     assert launch.plan(large, np.float32).index_bits == 64
-    assert launch.plan(large, np.float32).kernel.endswith("<float, long long>")
+    assert launch.plan(large, np.float32).kernel.endswith("<float, long long, false>")
     # A huge stride times dilation also forces 64-bit tap arithmetic.
     far = geometry_from_shapes((1, 1, 2), (1, 1, 2), stride=2**20, dilation=2**12)
     assert launch.plan(far, np.float64).index_bits == 64
