@@ -4,14 +4,23 @@ Method (GEMM + col2im by output phase): along each dimension, tap ``k`` sends in
 ``i`` to output ``o = i*stride + k*dilation - padding``, so every tap writes to one
 residue class ``o mod stride`` (its *phase*), shifted by a whole number of strides.
 For each phase the taps that write to it are contracted with the input in one BLAS
-call (channels x taps by channels, batched over groups and samples), their
+call (channels x taps by channels, batched over groups, samples and pixel tiles), their
 contributions are added into a contiguous accumulator with plain slice additions,
 and the accumulator is written into the strided output positions of that phase
 once. Strided scatters, zero insertion and Python loops over pixels, samples or
 channels are all avoided; the only Python loops run over phases and taps.
 
-Memory: the batch is processed in chunks so that the temporaries of one phase (its
-column block and accumulator) stay within :data:`TEMP_BUDGET_BYTES`; a single sample
+Every output element is the same computation wherever it lies: a BLAS GEMM rounds
+an element differently depending on its column's place in the matrix (edge columns
+go through other micro-kernels, and a single column through GEMV), so the pixels are
+cut into tiles of :data:`GEMM_TILE` columns (the last one zero-padded) and every tile
+is one GEMM of the same shape. The sum of each output element therefore does not
+depend on the input's extent or on where the element lies in it, and a block of the
+output computed from a slice of the input (as ``gpu_tconv.dask`` does) is bit for bit
+the same block of the whole result.
+
+Memory: the batch is processed in chunks so that the temporaries of one phase (the
+tiled input, its column block and accumulator) stay within :data:`TEMP_BUDGET_BYTES`; a single sample
 whose phase block alone is larger is processed on its own. float16 is computed in
 float32 and rounded once at the end.
 """
@@ -28,6 +37,10 @@ from .geometry import Geometry
 
 #: Budget for the temporaries of one batch chunk, in bytes.
 TEMP_BUDGET_BYTES = 32 * 2**20
+
+#: Pixels per GEMM. A multiple of the BLAS micro-kernel widths in use (small powers of
+#: two), so that every column goes through a full-width micro-kernel.
+GEMM_TILE = 256
 
 
 @dataclass(frozen=True)
@@ -88,14 +101,21 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     b = None if bias is None else bias.astype(compute).reshape((1, g.c_out) + (1,) * g.rank)
 
     phases = _phases(g)
-    per_sample = max(g.c_out * (len(ph.taps) * in_pixels + math.prod(ph.size)) for ph in phases)
+    tiles = -(-in_pixels // GEMM_TILE)
+    padded = tiles * GEMM_TILE
+    per_sample = g.c_in * padded + max(
+        g.c_out * (len(ph.taps) * padded + math.prod(ph.size)) for ph in phases)
     chunk = max(1, TEMP_BUDGET_BYTES // (per_sample * compute.itemsize))
 
     y = np.empty(g.out_shape, x.dtype)
     for n0 in range(0, g.batch, chunk):
         xs = x[n0:n0 + chunk]
         nb = xs.shape[0]
-        xs = xs.astype(compute, copy=False).reshape(nb, groups, cin_g, in_pixels)
+        # The pixels, zero-padded to whole tiles: (N, G, tiles, C_in/G, GEMM_TILE) views.
+        x_tiles = np.empty((nb, groups, cin_g, padded), compute)
+        x_tiles[..., :in_pixels] = xs.reshape(nb, groups, cin_g, in_pixels)
+        x_tiles[..., in_pixels:] = 0
+        x_tiles = x_tiles.reshape(nb, groups, cin_g, tiles, GEMM_TILE).swapaxes(2, 3)
         ys = y[n0:n0 + nb]
         for ph in phases:
             out_slices = spatial + tuple(slice(f, None, s) for f, s in zip(ph.first, g.stride))
@@ -103,7 +123,11 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
             if ph.taps:
                 flat = [t.flat for t in ph.taps]
                 w_ph = w[:, flat].reshape(groups, len(flat) * cout_g, cin_g)
-                cols = np.matmul(w_ph, xs).reshape((nb, groups, len(flat), cout_g) + g.in_size)
+                cols = np.empty((nb, groups, len(flat) * cout_g, padded), compute)
+                # One GEMM per tile, written in place into the rows of ``cols``.
+                np.matmul(w_ph[:, None], x_tiles, out=cols.reshape(
+                    nb, groups, len(flat) * cout_g, tiles, GEMM_TILE).swapaxes(2, 3))
+                cols = cols[..., :in_pixels].reshape((nb, groups, len(flat), cout_g) + g.in_size)
                 for j, tap in enumerate(ph.taps):
                     pairs = [_overlap(n, i, sh) for n, i, sh in zip(ph.size, g.in_size, tap.shift)]
                     acc[spatial + (slice(None),) + tuple(a for a, _ in pairs)] += \
