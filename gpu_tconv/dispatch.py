@@ -27,6 +27,13 @@ def available_backends() -> list[str]:
     return names
 
 
+def check_backend_name(backend: str) -> None:
+    """A ``ValueError`` for a name that is not a backend (usable here or not)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, "
+                         f"got {backend!r}")
+
+
 def _resolve(backend: str) -> str:
     """The backend that will run: ``auto`` resolved, an unusable one refused with the reason."""
     if backend == "auto":
@@ -62,9 +69,7 @@ def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, paddin
                    output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
                    backend: str):
     """Validate, choose the backend and run; ``rank=None`` takes it from ``weight``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, "
-                         f"got {backend!r}")
+    check_backend_name(backend)
     x, weight, bias = _as_array(x), _as_array(weight), _as_array(bias)
     dtype = check_dtypes(x, weight, bias)
     geometry = geometry_from_shapes(x.shape, weight.shape, None if bias is None else bias.shape,
