@@ -20,10 +20,11 @@ except ImportError as error:  # pragma: no cover - exercised without the extra o
 import numpy as np
 
 from . import dispatch
+from .api import document_ranks
 from .chunking import BlockPlan, plan_axis
 from .geometry import IntOrTuple, check_dtypes, geometry_from_shapes
 
-_DOC = """{rank}-D transposed convolution of a Dask array, as ``gpu_tconv.{eager}``.
+_DOC = """{rank}-D transposed convolution of a Dask array, as ``gpu_tconv.{name}``.
 
     Args:
         x: ``dask.array.Array`` of shape ``(N, C_in, {spatial})`` whose chunks are NumPy
@@ -34,7 +35,7 @@ _DOC = """{rank}-D transposed convolution of a Dask array, as ``gpu_tconv.{eager
             CuPy or a Dask array (computed as one block, sent once to each worker).
         bias: shape ``(C_out,)`` or ``None``, as ``weight``.
         stride, padding, output_padding, groups, dilation, backend: as in
-            ``gpu_tconv.{eager}``; ``backend`` is chosen on each worker, so ``"auto"``
+            ``gpu_tconv.{name}``; ``backend`` is chosen on each worker, so ``"auto"``
             uses the GPU of a GPU worker.
 
     Returns:
@@ -45,10 +46,10 @@ _DOC = """{rank}-D transposed convolution of a Dask array, as ``gpu_tconv.{eager
         boundaries ``clamp(b*stride - padding, 0, out)`` at the input boundaries ``b``,
         the first and last blocks taking the borders (:mod:`gpu_tconv.chunking`).
         Every element is the same sum, in the same order, as in the in-memory result,
-        so ``y.compute()`` equals ``gpu_tconv.{eager}(x.compute(), ...)`` bit for bit.
+        so ``y.compute()`` equals ``gpu_tconv.{name}(x.compute(), ...)`` bit for bit.
 
     Raises:
-        ValueError, TypeError: as ``gpu_tconv.{eager}``, when this is called, for
+        ValueError, TypeError: as ``gpu_tconv.{name}``, when this is called, for
             invalid shapes, dtypes, parameters or backend names; also for an ``x`` that
             is not a Dask array or has unknown chunk sizes.
     """
@@ -82,15 +83,7 @@ def conv_transpose3d(x, weight, bias=None, stride: IntOrTuple = 1, padding: IntO
                            dilation, backend)
 
 
-conv_transpose.__doc__ = _DOC.format(
-    rank="N", eager="conv_transpose", spatial="*spatial", kernel="*kernel",
-    out="*out") + "\n    The rank (1, 2 or 3) is ``weight.ndim - 2``.\n"
-conv_transpose1d.__doc__ = _DOC.format(rank="1", eager="conv_transpose1d", spatial="L",
-                                       kernel="kL", out="L_out")
-conv_transpose2d.__doc__ = _DOC.format(rank="2", eager="conv_transpose2d", spatial="H, W",
-                                       kernel="kH, kW", out="H_out, W_out")
-conv_transpose3d.__doc__ = _DOC.format(rank="3", eager="conv_transpose3d", spatial="D, H, W",
-                                       kernel="kD, kH, kW", out="D_out, H_out, W_out")
+document_ranks(_DOC, conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d)
 
 
 def _conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, padding: IntOrTuple,
