@@ -29,7 +29,7 @@ import gpu_tconv.dask as gd
 
 def _time_workers(n_workers: int, args, weight, params) -> float:
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         shape = (args.batch, args.channels) + (args.size,) * 3
         # Two blocks per sample along the depth: enough blocks for two workers, and
         # every block but the first needs a halo from its neighbour.

@@ -29,7 +29,7 @@ def client():
     # Separate processes, so blocks and halos really travel between workers. Not the
     # default scheduler: the other tests here choose theirs.
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, \
+                      dashboard_address=":0") as cluster, \
             Client(cluster, set_as_default=False) as c:
         yield c
 
