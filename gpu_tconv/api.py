@@ -77,15 +77,27 @@ def conv_transpose3d(x, weight, bias=None, stride: IntOrTuple = 1, padding: Padd
                                    groups, dilation, backend, output_size, layout)
 
 
-conv_transpose.__doc__ = _DOC.format(
-    rank="N", torch="conv_transpose{1,2,3}d", spatial="*spatial", kernel="*kernel",
-    out="*out") + "\n    The rank (1, 2 or 3) is ``weight.ndim - 2``.\n"
-conv_transpose1d.__doc__ = _DOC.format(rank="1", torch="conv_transpose1d", spatial="L",
-                                       kernel="kL", out="L_out")
-conv_transpose2d.__doc__ = _DOC.format(rank="2", torch="conv_transpose2d", spatial="H, W",
-                                       kernel="kH, kW", out="H_out, W_out")
-conv_transpose3d.__doc__ = _DOC.format(rank="3", torch="conv_transpose3d", spatial="D, H, W",
-                                       kernel="kD, kH, kW", out="D_out, H_out, W_out")
+def document_ranks(template: str, generic, rank1, rank2, rank3) -> None:
+    """Fill the docstrings of a family of functions (any rank, 1-D, 2-D, 3-D) from a template.
+
+    The template's fields: ``rank``, ``name`` (``conv_transpose``, ``conv_transpose1d``,
+    ...), ``torch`` (PyTorch's function), ``spatial``, ``kernel`` and ``out`` (the names
+    of the dimensions).
+    """
+    dims = {None: ("N", "", "*spatial", "*kernel", "*out"),
+            1: ("1", "1d", "L", "kL", "L_out"),
+            2: ("2", "2d", "H, W", "kH, kW", "H_out, W_out"),
+            3: ("3", "3d", "D, H, W", "kD, kH, kW", "D_out, H_out, W_out")}
+    for rank, function in zip(dims, (generic, rank1, rank2, rank3)):
+        label, suffix, spatial, kernel, out = dims[rank]
+        function.__doc__ = template.format(
+            rank=label, name=f"conv_transpose{suffix}",
+            torch=f"conv_transpose{suffix or '{1,2,3}d'}", spatial=spatial, kernel=kernel,
+            out=out)
+    generic.__doc__ += "\n    The rank (1, 2 or 3) is ``weight.ndim - 2``.\n"
+
+
+document_ranks(_DOC, conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d)
 
 
 def output_shape(x_shape, weight_shape, stride: IntOrTuple = 1, padding: Padding = 0,

@@ -39,7 +39,8 @@ def _log_fallback_once(reason: str) -> None:
     logger.info("gpu_tconv: backend 'auto' uses numpy because %s", reason)
 
 
-def _check_name(backend: str) -> None:
+def check_backend_name(backend: str) -> None:
+    """A ``ValueError`` for a name that is not a backend (usable here or not)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, "
                          f"got {backend!r}")
@@ -47,7 +48,7 @@ def _check_name(backend: str) -> None:
 
 def resolve(backend: str) -> str:
     """The backend that will run: ``auto`` resolved, an unusable one refused with the reason."""
-    _check_name(backend)
+    check_backend_name(backend)
     if backend == "auto":
         if cuda_backend.unavailable_reason() is None:
             return "cuda"
@@ -73,7 +74,7 @@ def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, paddin
                    output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
                    backend: str, output_size=None, layout: str = "channels_first"):
     """Validate, choose the backend and run; ``rank=None`` takes it from ``weight``."""
-    _check_name(backend)
+    check_backend_name(backend)
     x, weight, bias = _as_array(x), _as_array(weight), _as_array(bias)
     dtype = check_dtypes(x, weight, bias)
     geometry = geometry_from_shapes(x.shape, weight.shape, None if bias is None else bias.shape,

@@ -95,20 +95,19 @@ def _phases(g: Geometry) -> tuple[_Phase, ...]:
 
 
 def choose_method(g: Geometry) -> str:
-    """Which formulation moves less memory for this shape (the GEMM flops are equal).
+    """Which formulation moves less memory (the GEMM flops are equal).
 
     ``scatter`` multiplies first and then adds each tap's block (C_out values per input
-    pixel and tap) into the accumulator; ``gather`` first copies each tap's shifted
-    input (C_in values per output pixel and tap) and then multiplies, writing every
-    output once. Depthwise layers use broadcast multiply-adds instead of BLAS.
+    pixel and tap) into the accumulator: about 3 C_out memory passes per pixel and tap;
+    ``gather`` first copies each tap's shifted input (C_in values per output pixel of a
+    phase, about one per input pixel) and then multiplies, writing every output once:
+    about 2 C_in. Depthwise layers use broadcast multiply-adds instead of BLAS. The
+    choice depends on channels only, never on sizes, so that any slice of a problem is
+    computed the same way as the whole (see :data:`GEMM_TILE`).
     """
     if g.c_in_per_group == 1:
         return "depthwise"
-    phases = _phases(g)
-    pixels = math.prod(g.in_size)
-    scatter = sum(len(ph.taps) * g.c_out * pixels * 3 for ph in phases)
-    gather = sum(len(ph.taps) * g.c_in * math.prod(ph.size) * 2 for ph in phases)
-    return "gather" if gather < scatter else "scatter"
+    return "gather" if 2 * g.c_in < 3 * g.c_out else "scatter"
 
 
 def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,

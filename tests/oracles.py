@@ -91,11 +91,14 @@ def convolution_matrix(p: Problem, out_size: tuple[int, ...]) -> np.ndarray:
 
 
 @st.composite
-def problems(draw, ranks=(1, 2, 3), max_batch=2, bias=None) -> Problem:
-    """Random valid problems: every parameter in play, sizes small enough for the emulator."""
+def problems(draw, ranks=(1, 2, 3), max_batch=2, bias=None, max_channels=3) -> Problem:
+    """Random valid problems: every parameter in play, sizes small enough for the emulator.
+
+    ``max_channels`` bounds the input and output channels per group.
+    """
     rank = draw(st.sampled_from(ranks))
     groups = draw(st.integers(1, 3))
-    cin_g, cout_g = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    cin_g, cout_g = draw(st.integers(1, max_channels)), draw(st.integers(1, max_channels))
     max_in = {1: 9, 2: 6, 3: 4}[rank]
     dims = []
     for _ in range(rank):
@@ -116,6 +119,13 @@ def problems(draw, ranks=(1, 2, 3), max_batch=2, bias=None) -> Problem:
     params = dict(stride=scalar(s), padding=scalar(pad), output_padding=scalar(op),
                   dilation=scalar(d), groups=groups)
     return Problem(x, w, b, params)
+
+
+@st.composite
+def chunkings(draw, size: int) -> tuple[int, ...]:
+    """Random chunk sizes adding up to ``size``: uneven, sometimes of size zero."""
+    cuts = sorted(draw(st.lists(st.integers(0, size), max_size=4)))
+    return tuple(hi - lo for lo, hi in zip([0] + cuts, cuts + [size]))
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, p: Problem, dtype,

@@ -34,13 +34,19 @@ def test_kernel_source_is_found():
     assert launch.kernel_source_path().read_text().count("conv_transpose_gather") >= 1
 
 
-def test_import_needs_no_cupy_and_compiles_nothing(tmp_path):
-    # CuPy made unimportable; importing and running on NumPy must still work, and the
-    # import itself must not build anything.
+def test_import_needs_no_cupy_nor_dask_and_compiles_nothing(tmp_path):
+    # CuPy and Dask made unimportable; importing and running on NumPy must still work,
+    # and the import itself must not build anything.
     script = (
-        "import sys; sys.modules['cupy'] = None\n"
+        "import sys; sys.modules['cupy'] = None; sys.modules['dask'] = None\n"
         "import numpy as np, gpu_tconv\n"
         "assert 'cupy' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "try:\n"
+        "    import gpu_tconv.dask\n"
+        "except ImportError as e:\n"
+        "    assert 'gpu-tconv[dask]' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('gpu_tconv.dask imported without Dask')\n"
         "assert gpu_tconv.available_backends()[0] == 'numpy'\n"
         "y = gpu_tconv.conv_transpose2d(np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)), stride=2)\n"
         "assert y.shape == (1, 1, 4, 4) and (y == 1).all()\n"
