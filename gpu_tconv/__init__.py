@@ -5,10 +5,10 @@ neither needs CuPy nor touches a GPU.
 """
 
 from .api import (available_backends, conv_transpose, conv_transpose1d, conv_transpose2d,
-                  conv_transpose3d, output_shape)
+                  conv_transpose3d, conv_transpose_backward, output_shape)
 from .upsample import upsample
 
 __version__ = "0.1.0"
 
 __all__ = ["available_backends", "conv_transpose", "conv_transpose1d", "conv_transpose2d",
-           "conv_transpose3d", "output_shape", "upsample", "__version__"]
+           "conv_transpose3d", "conv_transpose_backward", "output_shape", "upsample", "__version__"]

@@ -116,6 +116,33 @@ def output_shape(x_shape, weight_shape, stride: IntOrTuple = 1, padding: Padding
                                 layout=layout).out_shape
 
 
+def conv_transpose_backward(grad_output, x, weight, *, stride: IntOrTuple = 1,
+                            padding: Padding = 0, output_padding: IntOrTuple = 0,
+                            groups: int = 1, dilation: IntOrTuple = 1,
+                            output_size: Sequence[int] | None = None,
+                            layout: str = "channels_first",
+                            needs: Sequence[str] = ("input", "weight", "bias"),
+                            backend: str = "auto"):
+    """Gradients of ``y = conv_transpose(x, weight, bias, ...)`` given ``dy = grad_output``.
+
+    Parameters are those of :func:`conv_transpose` (the rank is ``weight.ndim - 2``);
+    ``grad_output`` has the output's shape. With ``o = i*stride + k*dilation -
+    padding_low``:
+
+    - input: ``dx[n, ci, i] = sum_{k, co} w[ci, co, k] dy[n, co, o]`` (a strided forward
+      convolution of ``dy``), shape of ``x``;
+    - weight: ``dw[ci, co, k] = sum_{n, i} x[n, ci, i] dy[n, co, o]``, shape of ``weight``;
+    - bias: ``db[co] = sum_{n, o} dy[n, co, o]``, shape ``(C_out,)``.
+
+    Returns ``(dx, dw, db)``, with ``None`` for each gradient not in ``needs``. The
+    ``cuda`` and ``emulated`` backends run gather kernels, one thread per gradient
+    element, with no atomics: deterministic bit for bit.
+    """
+    return dispatch.conv_transpose_backward(grad_output, x, weight, stride, padding,
+                                            output_padding, groups, dilation, backend,
+                                            output_size, layout, needs)
+
+
 def available_backends() -> list[str]:
     """The backends usable on this machine, e.g. ``["numpy", "emulated"]``."""
     return dispatch.available_backends()

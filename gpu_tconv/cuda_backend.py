@@ -149,6 +149,12 @@ def kernel_function(device_id: int, kernel: str):
         return _compiled(device_id, kernel)
 
 
+def run_plan(plan: launch.LaunchPlan, arrays: tuple, device) -> None:
+    """Launch ``plan`` on ``device`` (CuPy's current stream there) with ``arrays`` (CuPy
+    arrays or ``None``) before the scalar arguments."""
+    kernel_function(device.id, plan.kernel)(plan.grid, plan.block, (*arrays, *plan.scalars))
+
+
 def batch_chunk(batch: int, per_sample: int, fixed: int, free: int) -> int:
     """How many samples to run at once so that ``fixed + chunk*per_sample <= free`` bytes.
 
@@ -209,9 +215,7 @@ def conv_transpose(x, weight, bias, geometry: Geometry, device=None):
             sub = replace(geometry, batch=xs.shape[0])
             # A batch slice of a C-contiguous array is contiguous: the kernel writes into it.
             ys = y[part] if on_device else cupy.empty(sub.out_shape, x.dtype)
-            plan = launch.plan(sub, x.dtype)
-            kernel_function(device.id, plan.kernel)(plan.grid, plan.block,
-                                                    (xs, weight, bias, ys, *plan.scalars))
+            run_plan(launch.plan(sub, x.dtype), (xs, weight, bias, ys), device)
             if not on_device:
                 ys.get(out=y[part])
     return y

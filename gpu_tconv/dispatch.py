@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from . import cuda_backend, emulated_backend, numpy_backend
+from . import cuda_backend, emulated_backend, launch, numpy_backend, numpy_backward
 from .geometry import IntOrTuple, Padding, check_dtypes, geometry_from_shapes
 
 logger = logging.getLogger("gpu_tconv")
@@ -98,3 +98,70 @@ def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, paddin
         with device:
             return cupy.asarray(y)
     return y
+
+
+NEEDS = ("input", "weight", "bias")
+
+
+def _kernel_gradients(xp, run, dy, x, weight, geometry, needs):
+    """Gradients from the gather kernels: ``run(plan, arrays)`` launches on the backend."""
+    dtype = x.dtype
+    dx = dw = db = None
+    if "input" in needs:
+        dx = xp.empty(x.shape, dtype)
+        run(launch.plan(geometry, dtype, kind="grad_input"), (dy, weight, dx))
+    if "weight" in needs:
+        dw = xp.empty(weight.shape, dtype)
+        run(launch.plan(geometry, dtype, kind="grad_weight"), (x, dy, dw))
+    if "bias" in needs:
+        axes = (0,) + tuple(range(1, 1 + geometry.rank) if geometry.channels_last
+                            else range(2, 2 + geometry.rank))
+        db = dy.sum(axis=axes, dtype=np.float32 if dtype == np.float16 else dtype).astype(dtype)
+    return dx, dw, db
+
+
+def conv_transpose_backward(grad_output, x, weight, stride: IntOrTuple, padding: Padding,
+                            output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
+                            backend: str, output_size=None, layout: str = "channels_first",
+                            needs=NEEDS):
+    """Validate, choose the backend and compute the requested gradients."""
+    check_backend_name(backend)
+    needs = tuple(needs)
+    if not set(needs) <= set(NEEDS):
+        raise ValueError(f"needs must be a subset of {NEEDS}, got {needs}")
+    grad_output, x, weight = _as_array(grad_output), _as_array(x), _as_array(weight)
+    dtype = check_dtypes(x, weight, None)
+    if np.dtype(grad_output.dtype) != dtype:
+        raise TypeError(f"grad_output must have the dtype of x ({dtype}), "
+                        f"got {np.dtype(grad_output.dtype)}")
+    geometry = geometry_from_shapes(x.shape, weight.shape, None, stride, padding,
+                                    output_padding, groups, dilation,
+                                    output_size=output_size, layout=layout)
+    if tuple(grad_output.shape) != geometry.out_shape:
+        raise ValueError(f"grad_output must have the output's shape {geometry.out_shape}, "
+                         f"got {tuple(grad_output.shape)}")
+    name = resolve(backend)
+    on_device = cuda_backend.is_device_array(x)
+    if name == "cuda":
+        import cupy
+
+        device = x.device if on_device else cupy.cuda.Device()
+        with device:
+            moved = [cupy.ascontiguousarray(cupy.asarray(a)) for a in (grad_output, x, weight)]
+            result = _kernel_gradients(
+                cupy, lambda plan, arrays: cuda_backend.run_plan(plan, arrays, device),
+                *moved, geometry, needs)
+        return tuple(r if r is None or on_device else r.get() for r in result)
+
+    host = [np.ascontiguousarray(_to_host(a)) if name == "emulated" else _to_host(a)
+            for a in (grad_output, x, weight)]
+    if name == "emulated":
+        result = _kernel_gradients(np, emulated_backend.run_plan, *host, geometry, needs)
+    else:
+        result = numpy_backward.conv_transpose_backward(*host, geometry, needs)
+    if on_device:
+        import cupy
+
+        with x.device:
+            return tuple(None if r is None else cupy.asarray(r) for r in result)
+    return result

@@ -161,3 +161,135 @@ __global__ void conv_transpose_gather(
 }
 
 }  // namespace gpu_tconv
+
+// ---------------------------------------------------------------------------
+// Backward passes. With y = conv_transpose(x, w), the gradient of x is the
+// forward (strided) convolution of dy with w, and the gradient of w correlates
+// x with dy; each is again a gather, one thread per element of the gradient it
+// writes, so they are deterministic too. Same layouts and geometry arguments as
+// the forward kernel (``total`` counts the elements written).
+
+namespace gpu_tconv {
+
+// dx[n, ci, i] = sum over taps k and channels co of its group of
+//                w[ci, co, k] * dy[n, co, i*stride + k*dil - pad], where in range.
+template <typename T, typename I, bool CHANNELS_LAST>
+__global__ void conv_transpose_grad_input(
+        const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
+        const I total, const I groups, const I c_in_per_group, const I c_out_per_group,
+        const I in0, const I in1, const I in2,
+        const I out0, const I out1, const I out2,
+        const I k0, const I k1, const I k2,
+        const I stride0, const I stride1, const I stride2,
+        const I pad0, const I pad1, const I pad2,
+        const I dil0, const I dil1, const I dil2) {
+    typedef typename accumulator<T>::type Acc;
+    const I c_out = groups * c_out_per_group;
+    const I c_in = groups * c_in_per_group;
+    const I out_plane = out0 * out1 * out2;
+    const I taps = k0 * k1 * k2;
+    const I dy_channel = CHANNELS_LAST ? 1 : out_plane;
+    const I dy_pixel = CHANNELS_LAST ? c_out : 1;
+
+    for (I index = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; index < total;
+         index += (I)blockDim.x * (I)gridDim.x) {
+        I rest = index;
+        I ci = 0;
+        if (CHANNELS_LAST) { ci = rest % c_in; rest /= c_in; }
+        const I i2 = rest % in2; rest /= in2;
+        const I i1 = rest % in1; rest /= in1;
+        const I i0 = rest % in0; rest /= in0;
+        if (!CHANNELS_LAST) { ci = rest % c_in; rest /= c_in; }
+        const I n = rest;
+        const I group = ci / c_in_per_group;
+
+        const T* dy_n = dy + n * c_out * out_plane + group * c_out_per_group * dy_channel;
+        const T* w_ci = w + ci * c_out_per_group * taps;
+        Acc acc = 0;
+        for (I q0 = 0; q0 < k0; ++q0) {
+            const I o0 = i0 * stride0 + q0 * dil0 - pad0;
+            if (o0 < 0 || o0 >= out0) continue;
+            for (I q1 = 0; q1 < k1; ++q1) {
+                const I o1 = i1 * stride1 + q1 * dil1 - pad1;
+                if (o1 < 0 || o1 >= out1) continue;
+                for (I q2 = 0; q2 < k2; ++q2) {
+                    const I o2 = i2 * stride2 + q2 * dil2 - pad2;
+                    if (o2 < 0 || o2 >= out2) continue;
+                    const T* dyp = dy_n + ((o0 * out1 + o1) * out2 + o2) * dy_pixel;
+                    const T* wp = w_ci + (q0 * k1 + q1) * k2 + q2;
+                    for (I co = 0; co < c_out_per_group; ++co) {
+                        acc += to_acc(dyp[co * dy_channel]) * to_acc(wp[co * taps]);
+                    }
+                }
+            }
+        }
+        dx[index] = from_acc<T>(acc);
+    }
+}
+
+// dw[ci, co, k] = sum over samples n and inputs i of
+//                 x[n, ci, i] * dy[n, group*C_out/G + co, i*stride + k*dil - pad], where in range.
+template <typename T, typename I, bool CHANNELS_LAST>
+__global__ void conv_transpose_grad_weight(
+        const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dw,
+        const I total, const I groups, const I c_in_per_group, const I c_out_per_group,
+        const I in0, const I in1, const I in2,
+        const I out0, const I out1, const I out2,
+        const I k0, const I k1, const I k2,
+        const I stride0, const I stride1, const I stride2,
+        const I pad0, const I pad1, const I pad2,
+        const I dil0, const I dil1, const I dil2,
+        const I batch) {
+    typedef typename accumulator<T>::type Acc;
+    const I c_out = groups * c_out_per_group;
+    const I c_in = groups * c_in_per_group;
+    const I in_plane = in0 * in1 * in2;
+    const I out_plane = out0 * out1 * out2;
+    const I x_channel = CHANNELS_LAST ? 1 : in_plane;
+    const I x_pixel = CHANNELS_LAST ? c_in : 1;
+    const I dy_channel = CHANNELS_LAST ? 1 : out_plane;
+    const I dy_pixel = CHANNELS_LAST ? c_out : 1;
+
+    for (I index = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; index < total;
+         index += (I)blockDim.x * (I)gridDim.x) {
+        I rest = index;  // weight layout (C_in, C_out/G, k0, k1, k2)
+        const I q2 = rest % k2; rest /= k2;
+        const I q1 = rest % k1; rest /= k1;
+        const I q0 = rest % k0; rest /= k0;
+        const I co_in_group = rest % c_out_per_group;
+        const I ci = rest / c_out_per_group;
+        const I co = (ci / c_in_per_group) * c_out_per_group + co_in_group;
+
+        // Inputs i with 0 <= i*stride + q*dil - pad < out, per dimension: [lo, hi).
+        const I r0 = pad0 - q0 * dil0, r1 = pad1 - q1 * dil1, r2 = pad2 - q2 * dil2;
+        const I lo0 = r0 > 0 ? (r0 + stride0 - 1) / stride0 : 0;
+        const I lo1 = r1 > 0 ? (r1 + stride1 - 1) / stride1 : 0;
+        const I lo2 = r2 > 0 ? (r2 + stride2 - 1) / stride2 : 0;
+        I hi0 = out0 - 1 + r0 < 0 ? 0 : (out0 - 1 + r0) / stride0 + 1;
+        I hi1 = out1 - 1 + r1 < 0 ? 0 : (out1 - 1 + r1) / stride1 + 1;
+        I hi2 = out2 - 1 + r2 < 0 ? 0 : (out2 - 1 + r2) / stride2 + 1;
+        if (hi0 > in0) hi0 = in0;
+        if (hi1 > in1) hi1 = in1;
+        if (hi2 > in2) hi2 = in2;
+
+        Acc acc = 0;
+        for (I n = 0; n < batch; ++n) {
+            const T* x_n = x + n * c_in * in_plane + ci * x_channel;
+            const T* dy_n = dy + n * c_out * out_plane + co * dy_channel;
+            for (I i0 = lo0; i0 < hi0; ++i0) {
+                const I o0 = i0 * stride0 - r0;
+                for (I i1 = lo1; i1 < hi1; ++i1) {
+                    const I o1 = i1 * stride1 - r1;
+                    for (I i2 = lo2; i2 < hi2; ++i2) {
+                        const I o2 = i2 * stride2 - r2;
+                        acc += to_acc(x_n[((i0 * in1 + i1) * in2 + i2) * x_pixel])
+                             * to_acc(dy_n[((o0 * out1 + o1) * out2 + o2) * dy_pixel]);
+                    }
+                }
+            }
+        }
+        dw[index] = from_acc<T>(acc);
+    }
+}
+
+}  // namespace gpu_tconv
