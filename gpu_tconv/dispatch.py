@@ -62,8 +62,28 @@ def resolve(backend: str) -> str:
     return backend
 
 
+_DLPACK_CPU, _DLPACK_CUDA_DEVICES = 1, (2, 3, 13)  # kDLCPU; kDLCUDA, host, managed
+
+
 def _as_array(a):
-    return a if a is None or cuda_backend.is_device_array(a) else np.asarray(a)
+    """NumPy or CuPy view of an operand: CuPy and NumPy arrays as they are; objects with
+    ``__cuda_array_interface__`` (e.g. PyTorch CUDA tensors) or ``__dlpack__`` (PyTorch,
+    JAX) without a copy; anything else through ``np.asarray``."""
+    if a is None or cuda_backend.is_device_array(a) or isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "__cuda_array_interface__"):
+        import cupy
+
+        return cupy.asarray(a)
+    if hasattr(a, "__dlpack__") and hasattr(a, "__dlpack_device__"):
+        device_type = int(a.__dlpack_device__()[0])
+        if device_type == _DLPACK_CPU:
+            return np.from_dlpack(a)
+        if device_type in _DLPACK_CUDA_DEVICES:
+            import cupy
+
+            return cupy.from_dlpack(a)
+    return np.asarray(a)
 
 
 def _to_host(a):

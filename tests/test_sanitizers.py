@@ -13,6 +13,7 @@ from gpu_tconv import emulated_backend
 
 CHECKS = textwrap.dedent("""
     import numpy as np
+    import gpu_tconv
     from hypothesis import given, settings, strategies as st
     from gpu_tconv import emulated_backend
     from gpu_tconv.geometry import geometry_from_shapes
@@ -20,15 +21,23 @@ CHECKS = textwrap.dedent("""
     from oracles import problems
 
     @settings(max_examples=60, deadline=None, database=None)
-    @given(p=problems(), bits=st.sampled_from([32, 64]),
+    @given(p=problems(), bits=st.sampled_from([32, 64]), last=st.booleans(),
            dtype=st.sampled_from([np.float64, np.float32, np.float16]))
-    def check(p, bits, dtype):
+    def check(p, bits, last, dtype):
         p = p.astype(dtype)
-        g = geometry_from_shapes(p.x.shape, p.weight.shape,
-                                 None if p.bias is None else p.bias.shape, **p.params)
-        y = emulated_backend.conv_transpose(p.x, p.weight, p.bias, g, index_bits=bits)
+        layout = "channels_last" if last else "channels_first"
+        x = np.ascontiguousarray(np.moveaxis(p.x, 1, -1)) if last else p.x
+        g = geometry_from_shapes(x.shape, p.weight.shape,
+                                 None if p.bias is None else p.bias.shape, **p.params,
+                                 layout=layout)
+        y = emulated_backend.conv_transpose(x, p.weight, p.bias, g, index_bits=bits)
+        y = np.moveaxis(y, -1, 1) if last else y
         expected = conv_transpose_reference(p.x, p.weight, p.bias, **p.params)
         assert np.allclose(y, expected, rtol=2e-2, atol=2e-2)
+        # The gradient kernels too (gradients of <y, 1>: sums of x and of w).
+        dx, dw, db = gpu_tconv.conv_transpose_backward(np.ones_like(y), p.x, p.weight,
+                                                       **p.params, backend="emulated")
+        assert dx.shape == p.x.shape and dw.shape == p.weight.shape
 
     check()
     print("sanitized run clean")
