@@ -35,9 +35,10 @@ import numpy as np
 
 from .geometry import Geometry
 
-#: Budget for the temporaries of one call, in bytes. A few MiB keeps them in cache and
-#: avoids the page faults of fresh large allocations.
-TEMP_BUDGET_BYTES = 8 * 2**20
+#: Budget for the temporaries of one call, in bytes: large enough that typical layers
+#: need no output boxes (each box re-reads a halo and pads a GEMM tile), small enough
+#: to stay well below the output's own size on large problems.
+TEMP_BUDGET_BYTES = 32 * 2**20
 
 #: Columns of every GEMM. BLAS rounds an element differently depending on where its
 #: column falls (edge micro-kernels, GEMV for a single column, how threads split the
@@ -135,6 +136,11 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
         y_view = y
     whole = (slice(None),) * 2
     compute = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
+    # (G, taps, C_out/G, C_in/G): per tap, the matrix taking input to output channels;
+    # made contiguous once, so that every phase takes its taps as whole slabs.
+    w = np.ascontiguousarray(
+        weight.astype(compute, copy=False).reshape(g.groups, g.c_in_per_group,
+                                                   g.c_out_per_group, -1).transpose(0, 3, 2, 1))
     # NaN, infinities and float16 overflow are results here, as in PyTorch, not errors.
     with np.errstate(all="ignore"):
         for in_box, out_box, tile in _tiles(g, method, compute.itemsize):
@@ -142,7 +148,7 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                 y_view[whole + out_box] = 0 if bias is None else \
                     bias.reshape((g.c_out,) + (1,) * g.rank)
             else:
-                _compute(x[whole + in_box], weight, bias, tile, method, y_view[whole + out_box])
+                _compute(x[whole + in_box], w, bias, tile, method, y_view[whole + out_box])
     return y
 
 
@@ -214,9 +220,10 @@ def _tiles(g: Geometry, method: str, itemsize: int):
         yield (None, out_box, None) if found is None else (found[0], out_box, found[1])
 
 
-def _compute(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: Geometry,
+def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
              method: str, y: np.ndarray) -> None:
-    """Compute the transposed convolution of ``g`` into the (possibly strided) view ``y``."""
+    """Compute the transposed convolution of ``g`` into the (possibly strided) view ``y``;
+    ``w`` is the weight as (G, taps, C_out/G, C_in/G), contiguous, in the compute type."""
     compute = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
     groups, cin_g, cout_g = g.groups, g.c_in_per_group, g.c_out_per_group
     pixels, rank = math.prod(g.in_size), g.rank
@@ -226,9 +233,6 @@ def _compute(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: Geom
     per_sample, _ = _sizes(g, method)
     chunk = min(g.batch, max(1, TEMP_BUDGET_BYTES // compute.itemsize // per_sample))
 
-    # (G, taps, C_out/G, C_in/G): per tap, the matrix taking input to output channels.
-    w = weight.astype(compute, copy=False).reshape(groups, cin_g, cout_g, -1)
-    w = w.transpose(0, 3, 2, 1)
     bias_init = None if bias is None else \
         bias.astype(compute).reshape((groups, cout_g, 1) + (1,) * rank)
     # Per phase, all its taps stacked for one GEMM per group and column tile.
