@@ -156,20 +156,16 @@ def _padded(n: int) -> int:
     return -(-n // GEMM_TILE) * GEMM_TILE
 
 
-def _sizes(g: Geometry, method: str) -> tuple[int, int]:
-    """Per sample, in elements: what a batch chunk needs (the accumulator, the transposed
-    input and the block of all of a phase's taps), and the weights stacked per phase."""
+def _per_sample(g: Geometry, method: str) -> int:
+    """Elements of temporaries per sample of a batch chunk: the accumulator, the
+    transposed input, and the block of all of a phase's taps."""
     phases = _phases(g)
     lattice = max(math.prod(ph.size) for ph in phases)
     pixels = math.prod(g.in_size)
     most_taps = max(len(ph.taps) for ph in phases)
     taps = {"scatter": most_taps * g.c_out * pixels, "gather": most_taps * g.c_in * lattice,
             "depthwise": g.c_out * pixels}[method]
-    return g.c_out * lattice + g.c_in * pixels + taps, most_taps * g.c_in * g.c_out_per_group
-
-
-def _per_sample_bytes(g: Geometry, method: str, itemsize: int) -> int:
-    return _sizes(g, method)[0] * itemsize
+    return g.c_out * lattice + g.c_in * pixels + taps
 
 
 def _box(g: Geometry, box: tuple[tuple[int, int], ...]):
@@ -200,7 +196,7 @@ def _tiles(g: Geometry, method: str, itemsize: int):
     Yields ``(input slices, output slices, geometry of the box)``; the geometry is
     ``None`` where no input reaches the box.
     """
-    needed = -(-_per_sample_bytes(g, method, itemsize) // TEMP_BUDGET_BYTES)
+    needed = -(-_per_sample(g, method) * itemsize // TEMP_BUDGET_BYTES)
     while True:
         per_dim, rest = [], needed
         for out in g.out_size:  # split the leading dimensions first
@@ -210,7 +206,7 @@ def _tiles(g: Geometry, method: str, itemsize: int):
         boxes = [(box, _box(g, box)) for box in itertools.product(*per_dim)]
         # The inputs a box needs reach beyond its share (the kernel's halo): split
         # further until every box fits, or boxes are single outputs.
-        largest = max((_per_sample_bytes(t[1], method, itemsize) for _, t in boxes if t),
+        largest = max((_per_sample(t[1], method) * itemsize for _, t in boxes if t),
                       default=0)
         if largest <= TEMP_BUDGET_BYTES or list(map(len, per_dim)) == list(g.out_size):
             break
@@ -224,14 +220,13 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
              method: str, y: np.ndarray) -> None:
     """Compute the transposed convolution of ``g`` into the (possibly strided) view ``y``;
     ``w`` is the weight as (G, taps, C_out/G, C_in/G), contiguous, in the compute type."""
-    compute = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
+    compute = w.dtype
     groups, cin_g, cout_g = g.groups, g.c_in_per_group, g.c_out_per_group
     pixels, rank = math.prod(g.in_size), g.rank
     phases = _phases(g)
     lattice = max(math.prod(ph.size) for ph in phases)
     most_taps = max(len(ph.taps) for ph in phases)
-    per_sample, _ = _sizes(g, method)
-    chunk = min(g.batch, max(1, TEMP_BUDGET_BYTES // compute.itemsize // per_sample))
+    chunk = min(g.batch, max(1, TEMP_BUDGET_BYTES // compute.itemsize // _per_sample(g, method)))
 
     bias_init = None if bias is None else \
         bias.astype(compute).reshape((groups, cout_g, 1) + (1,) * rank)
