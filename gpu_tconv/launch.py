@@ -1,8 +1,9 @@
-"""The launch description of the gather kernel, shared by the CUDA and emulated backends.
+"""The launch description of the gather kernels, shared by the CUDA and emulated backends.
 
-Everything about a launch except the launch call itself (which kernel instantiation,
-the grid, the block and the scalar arguments) is decided here, in plain Python, so
-that a CPU-only test of the emulated backend covers it.
+Everything about a launch except the launch call itself (which source file and kernel
+instantiation, its compile-time definitions, the grid, the block, the shared memory and
+the scalar arguments) is decided here, in plain Python, so that a CPU-only test of the
+emulated backend covers it. Which variant runs is :mod:`gpu_tconv.variants`' choice.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import variants
 from .geometry import Geometry
 
 KERNEL_FILE = "conv_transpose.cu"
@@ -25,7 +27,7 @@ C_TYPES = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float",
 #: Kernel template argument and NumPy scalar type for each index width.
 INDEX_TYPES = {32: ("int", np.int32), 64: ("long long", np.int64)}
 
-BLOCK_SIZE = 256
+BLOCK_SIZE = variants.VARIANTS["simple"].block
 # A grid-stride loop covers outputs beyond this many blocks; the cap keeps the grid
 # far below CUDA's 2**31 - 1 limit on gridDim.x.
 MAX_BLOCKS = 1 << 20
@@ -33,11 +35,13 @@ _INT32_MAX = 2**31 - 1
 
 
 def kernel_source_path(name: str = KERNEL_FILE) -> Path:
-    """Path of a kernel source file.
+    """Path of a kernel source file (an absolute path is taken as it is).
 
     Wheels carry the sources in ``gpu_tconv/kernels/``; a source checkout (editable
     install or ``PYTHONPATH``) has them in the top-level ``kernels/`` folder.
     """
+    if Path(name).is_absolute():
+        return Path(name)
     packaged = resources.files("gpu_tconv").joinpath("kernels", name)
     if packaged.is_file():
         return Path(str(packaged))
@@ -48,30 +52,49 @@ def kernel_source_path(name: str = KERNEL_FILE) -> Path:
                             f"(looked in {packaged} and {checkout})")
 
 
-def kernel_expression(dtype: np.dtype, index_bits: int) -> str:
+def kernel_expression(dtype: np.dtype, index_bits: int, name: str = KERNEL_NAME) -> str:
     """The C++ name of one kernel instantiation, as NVRTC and the host compiler see it."""
-    return f"{KERNEL_NAME}<{C_TYPES[np.dtype(dtype)]}, {INDEX_TYPES[index_bits][0]}>"
+    return f"{name}<{C_TYPES[np.dtype(dtype)]}, {INDEX_TYPES[index_bits][0]}>"
 
 
-def all_kernel_expressions() -> list[str]:
-    """Every instantiation the package may launch (for compile checks)."""
-    return [kernel_expression(d, b) for d in C_TYPES for b in INDEX_TYPES]
+def all_kernel_expressions(name: str = KERNEL_NAME) -> list[str]:
+    """Every instantiation of one kernel template (for compile checks)."""
+    return [kernel_expression(d, b, name) for d in C_TYPES for b in INDEX_TYPES]
+
+
+Defines = tuple[tuple[str, int], ...]
+
+
+def kernel_code(source: str, defines: Defines = ()) -> str:
+    """The text a compiler gets for ``source`` with ``defines``: the ``#define`` lines,
+    then the file (numbered from its own first line, so messages point into it)."""
+    path = kernel_source_path(source)
+    head = "".join(f"#define {name} {value}\n" for name, value in defines)
+    return f'{head}#line 1 "{path.name}"\n{path.read_text()}'
 
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """One kernel launch: ``kernel(grid, block, (x, w, bias, y, *scalars))``."""
+    """One kernel launch: ``kernel(grid, block, (x, w, bias, y, *scalars), shared_bytes)``.
+
+    ``kernel`` is an instantiation of a template in the file ``source`` compiled with
+    ``defines`` (the three are the compile-time inputs, and the key of every compile
+    cache). ``shared_bytes`` is the dynamic shared memory of the launch (every variant
+    so far sizes its shared memory statically, so it is 0). ``block_sync``: the
+    kernel's threads share memory and meet at ``__syncthreads()``, so the emulator runs
+    a block's threads concurrently.
+    """
 
     kernel: str
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     scalars: tuple[np.generic, ...]
     index_bits: int
-
-
-def _padded(values: tuple[int, ...], fill: int) -> tuple[int, ...]:
-    # Every rank runs as 3-D: missing leading dimensions are trivial ones.
-    return (fill,) * (3 - len(values)) + tuple(values)
+    source: str = KERNEL_FILE
+    defines: Defines = ()
+    shared_bytes: int = 0
+    block_sync: bool = False
+    variant: str = "simple"
 
 
 def _tap_inverse(stride: int, dilation: int) -> tuple[int, int]:
@@ -81,35 +104,47 @@ def _tap_inverse(stride: int, dilation: int) -> tuple[int, int]:
     return g, (pow(dilation // g, -1, step) if step > 1 else 0)
 
 
-def _needs_64_bit(geometry: Geometry, threads: int) -> bool:
+def _needs_64_bit(geometry: Geometry, threads: int, work: int) -> bool:
+    """Whether some index the kernel computes may pass 2**31 - 1. ``work`` is the
+    largest work counter besides the output index: the tiled kernels count blocks and
+    threads of the phase grid (``blocks * block`` bounds both, overshoot included)."""
     g = geometry
     largest = max(
         g.batch * g.c_in * math.prod(g.in_size),
         g.c_in * g.c_out_per_group * math.prod(g.kernel),
         g.batch * g.c_out * math.prod(g.out_size) + threads,  # the grid-stride loop overshoots
+        work,
         *(o + p for o, p in zip(g.out_size, g.padding)),
         *(s * d for s, d in zip(g.stride, g.dilation)),
     )
     return largest > _INT32_MAX
 
 
-def plan(geometry: Geometry, dtype: np.dtype, index_bits: int | None = None) -> LaunchPlan:
-    """Describe the launch for ``geometry``; ``index_bits`` forces 32- or 64-bit indices."""
+def plan(geometry: Geometry, dtype: np.dtype, index_bits: int | None = None,
+         variant: str = "auto") -> LaunchPlan:
+    """Describe the launch for ``geometry``; ``index_bits`` forces 32- or 64-bit indices,
+    ``variant`` names a kernel variant (see :data:`gpu_tconv.variants.VARIANTS`)."""
     g = geometry
+    chosen = variants.resolve(variant, g, dtype)
     total = g.batch * g.c_out * math.prod(g.out_size)
-    blocks = max(1, min(MAX_BLOCKS, -(-total // BLOCK_SIZE)))
+    work_blocks = chosen.blocks(g)
+    blocks = max(1, min(MAX_BLOCKS, work_blocks))
     if index_bits is None:
-        index_bits = 64 if _needs_64_bit(g, blocks * BLOCK_SIZE) else 32
+        work = (work_blocks + blocks) * chosen.block if chosen.tiled else 0
+        index_bits = 64 if _needs_64_bit(g, blocks * chosen.block, work) else 32
     index = INDEX_TYPES[index_bits][1]
 
     inverses = [_tap_inverse(s, d) for s, d in zip(g.stride, g.dilation)]
+    padded = variants.padded
     values = (
         (total, g.groups, g.c_in_per_group, g.c_out_per_group)
-        + _padded(g.in_size, 1) + _padded(g.out_size, 1) + _padded(g.kernel, 1)
-        + _padded(g.stride, 1) + _padded(g.padding, 0) + _padded(g.dilation, 1)
-        + _padded(tuple(gcd for gcd, _ in inverses), 1)
-        + _padded(tuple(inv for _, inv in inverses), 0)
+        + padded(g.in_size, 1) + padded(g.out_size, 1) + padded(g.kernel, 1)
+        + padded(g.stride, 1) + padded(g.padding, 0) + padded(g.dilation, 1)
+        + padded(tuple(gcd for gcd, _ in inverses), 1)
+        + padded(tuple(inv for _, inv in inverses), 0)
     )
-    return LaunchPlan(kernel=kernel_expression(dtype, index_bits), grid=(blocks, 1, 1),
-                      block=(BLOCK_SIZE, 1, 1), scalars=tuple(index(v) for v in values),
-                      index_bits=index_bits)
+    return LaunchPlan(kernel=kernel_expression(dtype, index_bits, chosen.kernel),
+                      grid=(blocks, 1, 1), block=(chosen.block, 1, 1),
+                      scalars=tuple(index(v) for v in values), index_bits=index_bits,
+                      source=chosen.source, defines=chosen.defines(g),
+                      block_sync=chosen.block_sync, variant=chosen.name)
