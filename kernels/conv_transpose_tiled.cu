@@ -104,6 +104,7 @@ __host__ __device__ constexpr int max_phase_taps(int k, int s, int d) {
 struct fixed_taps {
     static constexpr int dim0 = max_phase_taps(TCONV_K0, TCONV_S0, TCONV_D0);
     static constexpr int dim1 = max_phase_taps(TCONV_K1, TCONV_S1, TCONV_D1);
+    // The row's taps: the unrolled loop.
     static constexpr int dim2 = max_phase_taps(TCONV_K2, TCONV_S2, TCONV_D2);
     // Taps of one phase over all dimensions, the size of the shared weight tile.
     static constexpr int phase = (dim0 && dim1 && dim2) ? dim0 * dim1 * dim2 : TCONV_SMEM_TAPS;
@@ -311,11 +312,88 @@ __device__ __forceinline__ void store_tile(T* __restrict__ y, const T* __restric
     }
 }
 
+
+// Weights of the tile read from global memory through the read-only cache.
+// Every thread of a block reads the same address at the same time (one tap,
+// one channel tile): one transaction, broadcast to the warp.
+template <typename T, typename I>
+struct GlobalWeights {
+    const T* w;     // the group's first input channel, the tile's first output channel
+    I channel;      // stride between input channels: c_out_per_group * taps
+    I taps;         // stride between output channels
+    I tile_n;       // output channels of this tile
+    template <typename Acc>
+    __device__ __forceinline__ void tile(I ci, I tap, I, Acc (&out)[TCONV_COUT_TILE]) const {
+#pragma unroll
+        for (int t = 0; t < TCONV_COUT_TILE; ++t)
+            out[t] = t < tile_n ? to_acc(__ldg(w + ci * channel + t * taps + tap)) : Acc(0);
+    }
+};
+
+// Weights of the tile staged in shared memory as [channel][tap of the
+// phase][output channel], zero beyond the tile.
+template <typename Acc, typename I>
+struct SharedWeights {
+    const Acc* staged;
+    int phase_taps;
+    __device__ __forceinline__ void tile(I ci, I, I j, Acc (&out)[TCONV_COUT_TILE]) const {
+        load_tile(staged + (ci * phase_taps + j) * TCONV_COUT_TILE, out);
+    }
+};
+
+// acc += x * w over every tap of the block's phase and the input channels
+// [0, channels) of x_g. The taps of the first two dimensions are the outer
+// loops (their bounds are checked once per input row); the row's taps are the
+// innermost loop, unrolled when the sizes are fixed, so each input channel
+// issues its loads independently of one another. weights.tile(ci, tap, j, w)
+// gives the tile's weights for input channel ci at kernel tap `tap` (linear
+// index into k0*k1*k2), which is the j-th tap of the phase.
+template <typename T, typename I, typename Acc, typename Weights>
+__device__ __forceinline__ void accumulate(const T* __restrict__ x_g, I channels, I in0, I in1, I in2,
+                                           I K1, I K2, const Work<I>& work, const PhaseDim<I>& p0,
+                                           const PhaseDim<I>& p1, const PhaseDim<I>& p2,
+                                           const Weights& weights,
+                                           Acc (&acc)[TCONV_COUT_TILE][TCONV_PIXELS]) {
+    const I in_plane = in0 * in1 * in2;
+    for (I a = 0; a < p0.count; ++a) {
+        const I i0 = work.u0 + p0.offset - a * p0.input_step;
+        if (!inside(i0, in0)) continue;
+        const I q0 = p0.tap + a * p0.tap_step;
+        for (I b = 0; b < p1.count; ++b) {
+            const I i1 = work.u1 + p1.offset - b * p1.input_step;
+            if (!inside(i1, in1)) continue;
+            const I q1 = p1.tap + b * p1.tap_step;
+            const T* row = x_g + (i0 * in1 + i1) * in2;
+            const I tap_ab = (q0 * K1 + q1) * K2 + p2.tap;
+            const I j_ab = (a * p1.count + b) * p2.count;
+            for (I ci = 0; ci < channels; ++ci) {
+                const I n2 = fixed_taps::dim2 ? (I)fixed_taps::dim2 : p2.count;
+#pragma unroll
+                for (I c = 0; c < n2; ++c) {
+                    if (c >= p2.count) break;
+                    const I i2 = work.u2 + p2.offset - c * p2.input_step;
+                    bool ok[TCONV_PIXELS];
+                    if (!pixels_reading(i2, in2, work.second, ok)) continue;
+                    Acc xv[TCONV_PIXELS];
+                    load_pixels<T, I, Acc>(row + ci * in_plane, i2, ok, xv);
+                    Acc wv[TCONV_COUT_TILE];
+                    weights.tile(ci, tap_ab + c * p2.tap_step, j_ab + c, wv);
+#pragma unroll
+                    for (int t = 0; t < TCONV_COUT_TILE; ++t)
+#pragma unroll
+                        for (int p = 0; p < TCONV_PIXELS; ++p)
+                            if (ok[p]) acc[t][p] += xv[p] * wv[t];
+                }
+            }
+        }
+    }
+}
+
 }  // namespace tiled
 
 // Weights through the read-only cache; no shared memory.
 template <typename T, typename I>
-__global__ void __launch_bounds__(TCONV_BLOCK) conv_transpose_phase(
+__global__ void conv_transpose_phase(
         const T* __restrict__ x, const T* __restrict__ w,
         const T* __restrict__ bias, T* __restrict__ y,
         const I total, const I groups, const I c_in_per_group, const I c_out_per_group,
@@ -355,47 +433,9 @@ __global__ void __launch_bounds__(TCONV_BLOCK) conv_transpose_phase(
 #pragma unroll
             for (int p = 0; p < TCONV_PIXELS; ++p) acc[t][p] = 0;
 
-        // The same order of summation as conv_transpose_gather: taps in
-        // increasing order, then input channels.
-        const I n0 = fixed_taps::dim0 ? (I)fixed_taps::dim0 : p0.count;
-#pragma unroll
-        for (I a = 0; a < n0; ++a) {
-            if (a >= p0.count) break;
-            const I i0 = work.u0 + p0.offset - a * p0.input_step;
-            if (!inside(i0, in0)) continue;
-            const I q0 = p0.tap + a * p0.tap_step;
-            const I n1 = fixed_taps::dim1 ? (I)fixed_taps::dim1 : p1.count;
-#pragma unroll
-            for (I b = 0; b < n1; ++b) {
-                if (b >= p1.count) break;
-                const I i1 = work.u1 + p1.offset - b * p1.input_step;
-                if (!inside(i1, in1)) continue;
-                const I q1 = p1.tap + b * p1.tap_step;
-                const I n2 = fixed_taps::dim2 ? (I)fixed_taps::dim2 : p2.count;
-#pragma unroll
-                for (I c = 0; c < n2; ++c) {
-                    if (c >= p2.count) break;
-                    const I i2 = work.u2 + p2.offset - c * p2.input_step;
-                    bool ok[TCONV_PIXELS];
-                    if (!pixels_reading(i2, in2, work.second, ok)) continue;
-                    const T* row = x_g + (i0 * in1 + i1) * in2;
-                    const T* w_tap = w_g + (q0 * K1 + q1) * K2 + p2.tap + c * p2.tap_step;
-                    for (I ci = 0; ci < c_in_per_group; ++ci) {
-                        Acc xv[TCONV_PIXELS];
-                        load_pixels<T, I, Acc>(row + ci * in_plane, i2, ok, xv);
-#pragma unroll
-                        for (int t = 0; t < TCONV_COUT_TILE; ++t) {
-                            if (t < work.tile_n) {
-                                const Acc wv = to_acc(__ldg(w_tap + ci * w_channel + t * taps));
-#pragma unroll
-                                for (int p = 0; p < TCONV_PIXELS; ++p)
-                                    if (ok[p]) acc[t][p] += xv[p] * wv;
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        const GlobalWeights<T, I> weights = {w_g, w_channel, taps, work.tile_n};
+        accumulate<T, I, Acc>(x_g, c_in_per_group, in0, in1, in2, K1, K2, work, p0, p1, p2,
+                              weights, acc);
         store_tile<T, I, Acc>(y, bias, work, c_out, c_out_per_group, out0, out1, out2, S0, S1, S2, acc);
     }
 }
@@ -405,7 +445,7 @@ __global__ void __launch_bounds__(TCONV_BLOCK) conv_transpose_phase(
 // type. Every thread of a block takes part in staging and in every
 // __syncthreads(), including threads without an output.
 template <typename T, typename I>
-__global__ void __launch_bounds__(TCONV_BLOCK) conv_transpose_phase_smem(
+__global__ void conv_transpose_phase_smem(
         const T* __restrict__ x, const T* __restrict__ w,
         const T* __restrict__ bias, T* __restrict__ y,
         const I total, const I groups, const I c_in_per_group, const I c_out_per_group,
@@ -467,42 +507,9 @@ __global__ void __launch_bounds__(TCONV_BLOCK) conv_transpose_phase_smem(
             }
             __syncthreads();
             if (!work.active) continue;
-
-            const I n0 = fixed_taps::dim0 ? (I)fixed_taps::dim0 : p0.count;
-#pragma unroll
-            for (I a = 0; a < n0; ++a) {
-                if (a >= p0.count) break;
-                const I i0 = work.u0 + p0.offset - a * p0.input_step;
-                if (!inside(i0, in0)) continue;
-                const I n1 = fixed_taps::dim1 ? (I)fixed_taps::dim1 : p1.count;
-#pragma unroll
-                for (I b = 0; b < n1; ++b) {
-                    if (b >= p1.count) break;
-                    const I i1 = work.u1 + p1.offset - b * p1.input_step;
-                    if (!inside(i1, in1)) continue;
-                    const I n2 = fixed_taps::dim2 ? (I)fixed_taps::dim2 : p2.count;
-#pragma unroll
-                    for (I c = 0; c < n2; ++c) {
-                        if (c >= p2.count) break;
-                        const I i2 = work.u2 + p2.offset - c * p2.input_step;
-                        bool ok[TCONV_PIXELS];
-                        if (!pixels_reading(i2, in2, work.second, ok)) continue;
-                        const T* row = x_g + ci0 * in_plane + (i0 * in1 + i1) * in2;
-                        const Acc* w_tap = staged + ((a * p1.count + b) * p2.count + c) * TCONV_COUT_TILE;
-                        for (int ci = 0; ci < chunk; ++ci) {
-                            Acc xv[TCONV_PIXELS];
-                            load_pixels<T, I, Acc>(row + ci * in_plane, i2, ok, xv);
-                            Acc wv[TCONV_COUT_TILE];
-                            load_tile(w_tap + ci * phase_taps * TCONV_COUT_TILE, wv);
-#pragma unroll
-                            for (int t = 0; t < TCONV_COUT_TILE; ++t)
-#pragma unroll
-                                for (int p = 0; p < TCONV_PIXELS; ++p)
-                                    if (ok[p]) acc[t][p] += xv[p] * wv[t];
-                        }
-                    }
-                }
-            }
+            const SharedWeights<Acc, I> weights = {staged, phase_taps};
+            accumulate<T, I, Acc>(x_g + ci0 * in_plane, (I)chunk, in0, in1, in2, K1, K2, work,
+                                  p0, p1, p2, weights, acc);
         }
         if (work.active)
             store_tile<T, I, Acc>(y, bias, work, c_out, c_out_per_group, out0, out1, out2, S0, S1, S2, acc);
