@@ -90,6 +90,16 @@ def convolution_matrix(p: Problem, out_size: tuple[int, ...]) -> np.ndarray:
     return c
 
 
+# (kernel, stride, dilation) per dimension for tests of the specialized kernel variants,
+# each a single build: the most unrolled row (8 taps); gcd(stride, dilation) = 2, so
+# half the phases have no tap; a stride above the kernel size, and dilation, in 3-D.
+SPECIALIZATIONS = [
+    ((8, 1, 1),),
+    ((3, 2, 2), (4, 2, 1)),
+    ((2, 3, 1), (3, 2, 1), (3, 1, 2)),
+]
+
+
 @st.composite
 def problems(draw, ranks=(1, 2, 3), max_batch=2, bias=None, max_channels=3,
              kernel_stride_dilation=None) -> Problem:

@@ -11,19 +11,10 @@ from hypothesis import given, settings
 from gpu_tconv import emulated_backend, launch, variants
 from gpu_tconv.geometry import geometry_from_shapes
 from gpu_tconv.reference import conv_transpose_reference
-from oracles import Problem, assert_close, problems
+from oracles import SPECIALIZATIONS, Problem, assert_close, problems
 
 TILED = [name for name, v in variants.VARIANTS.items() if v.tiled]
 DTYPES = [np.float64, np.float32, np.float16]
-
-# (kernel, stride, dilation) per dimension for the specialized variants, each a single
-# build: the most unrolled row (8 taps); gcd(stride, dilation) = 2, so half the phases
-# have no tap; a stride above the kernel size, and dilation, in 3-D.
-SPECIALIZATIONS = [
-    ((8, 1, 1),),
-    ((3, 2, 2), (4, 2, 1)),
-    ((2, 3, 1), (3, 2, 1), (3, 1, 2)),
-]
 CASES = [(name, dtype, bits, SPECIALIZATIONS[i % len(SPECIALIZATIONS)])
          for name in TILED
          for i, (dtype, bits) in enumerate((d, b) for d in DTYPES for b in (32, 64))]
