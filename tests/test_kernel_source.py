@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gpu_tconv
-from gpu_tconv import cuda_backend, emulated_backend, launch, variants
+from gpu_tconv import col2im, cuda_backend, emulated_backend, launch, variants
 from gpu_tconv.geometry import geometry_from_shapes
 from gpu_tconv.reference import conv_transpose_reference
 from conftest import require_toolchain
@@ -23,13 +23,12 @@ ARCHITECTURES = [75, 80, 90, 120]
 # Every variant at its largest specialization: 3-D (the most index arithmetic) with as
 # many taps along the row as the specialized variants unroll.
 WORST_CASE = geometry_from_shapes((1, 1, 2, 2, 9), (1, 1, 2, 2, variants.MAX_UNROLLED_TAPS))
-COMPILE_CASES = [(arch, name) for arch in ARCHITECTURES for name in variants.VARIANTS]
-
-
-def _unit(name: str) -> tuple[str, launch.Defines, list[str]]:
-    """Source, compile-time definitions and every instantiation of one variant."""
-    v = variants.VARIANTS[name]
-    return v.source, v.defines(WORST_CASE), launch.all_kernel_expressions(v.kernel)
+# Source, compile-time definitions and every instantiation of each kernel: the variants,
+# and the col2im kernel of the GPU benchmark's GEMM + col2im peer.
+UNITS = {name: (v.source, v.defines(WORST_CASE), launch.all_kernel_expressions(v.kernel))
+         for name, v in variants.VARIANTS.items()}
+UNITS["col2im"] = (col2im.SOURCE, (), [f"gpu_tconv::col2im<{t}>" for t in launch.C_TYPES.values()])
+COMPILE_CASES = [(arch, name) for arch in ARCHITECTURES for name in UNITS]
 
 
 @pytest.mark.parametrize("arch, name", COMPILE_CASES)
@@ -39,7 +38,7 @@ def test_compiles_with_nvrtc_as_cupy_does(arch, name):
     from cupy._core.core import assemble_cupy_compiler_options
     from cupy.cuda import nvrtc
 
-    source, defines, expressions = _unit(name)
+    source, defines, expressions = UNITS[name]
     options = (assemble_cupy_compiler_options(cuda_backend.compile_options(source))
                + (f"-arch=sm_{arch}",))
     program = nvrtc.createProgram(launch.kernel_code(source, defines), source, [], [])
@@ -61,7 +60,7 @@ def test_compiles_with_nvrtc_as_cupy_does(arch, name):
 @pytest.mark.parametrize("arch, name", COMPILE_CASES)
 def test_compiles_with_nvcc_without_spills(arch, name, tmp_path):
     require_toolchain(shutil.which("nvcc") is not None, "nvcc is not on the PATH")
-    source, defines, expressions = _unit(name)
+    source, defines, expressions = UNITS[name]
     # Taking each instantiation's address makes nvcc generate its device code.
     unit = tmp_path / "instances.cu"
     unit.write_text("".join(f"#define {k} {v}\n" for k, v in defines)
