@@ -238,80 +238,123 @@ __device__ __forceinline__ void load_tile(const double* w, double (&out)[TCONV_C
     }
 }
 
-// What one block works on, decoded from its linear index (residue fastest,
-// then output-channel tile, group, tile of the u grid, sample), and the
-// thread's place in it. Everything but the thread's u is uniform in the block.
+// The sizes of a launch, from the kernel arguments (or compile-time constants
+// where given), and the counts of the block grid: one block per sample, group,
+// output-channel tile, tile of the phase grid u and residue r. The host
+// computes the same number of blocks for the grid (variants.Variant.blocks).
 template <typename I>
-struct Work {
+struct Shape {
+    I groups, c_in_per_group, c_out_per_group;
+    I in0, in1, in2, out0, out1, out2;
+    I K0, K1, K2, S0, S1, S2, pad0, pad1, pad2, D0, D1, D2, gcd0, gcd1, gcd2, inv0, inv1, inv2;
+    I in_plane, out_plane, taps;
+    I R0, R1, R2;      // residues per dimension (no more than the outputs)
+    I U0, U1, U2p;     // the phase grid; along the row in pixel groups
+    I u_tiles, co_tiles, blocks;
+};
+
+template <typename I>
+__device__ __forceinline__ Shape<I> make_shape(
+        I total, I groups, I c_in_per_group, I c_out_per_group, I in0, I in1, I in2,
+        I out0, I out1, I out2, I k0, I k1, I k2, I stride0, I stride1, I stride2,
+        I pad0, I pad1, I pad2, I dil0, I dil1, I dil2, I gcd0, I gcd1, I gcd2,
+        I inv0, I inv1, I inv2) {
+    Shape<I> s = {groups, c_in_per_group, c_out_per_group, in0, in1, in2, out0, out1, out2,
+                  fixed_or<TCONV_K0>(k0), fixed_or<TCONV_K1>(k1), fixed_or<TCONV_K2>(k2),
+                  fixed_or<TCONV_S0>(stride0), fixed_or<TCONV_S1>(stride1), fixed_or<TCONV_S2>(stride2),
+                  pad0, pad1, pad2,
+                  fixed_or<TCONV_D0>(dil0), fixed_or<TCONV_D1>(dil1), fixed_or<TCONV_D2>(dil2),
+                  gcd0, gcd1, gcd2, inv0, inv1, inv2};
+    s.in_plane = in0 * in1 * in2;
+    s.out_plane = out0 * out1 * out2;
+    s.taps = s.K0 * s.K1 * s.K2;
+    s.R0 = s.S0 < out0 ? s.S0 : out0;
+    s.R1 = s.S1 < out1 ? s.S1 : out1;
+    s.R2 = s.S2 < out2 ? s.S2 : out2;
+    s.U0 = (out0 + s.S0 - 1) / s.S0;
+    s.U1 = (out1 + s.S1 - 1) / s.S1;
+    s.U2p = ((out2 + s.S2 - 1) / s.S2 + TCONV_PIXELS - 1) / TCONV_PIXELS;
+    s.u_tiles = (s.U0 * s.U1 * s.U2p + TCONV_BLOCK - 1) / TCONV_BLOCK;
+    s.co_tiles = (c_out_per_group + TCONV_COUT_TILE - 1) / TCONV_COUT_TILE;
+    const I batch = total / (groups * c_out_per_group * s.out_plane);
+    s.blocks = batch * groups * s.co_tiles * s.u_tiles * s.R0 * s.R1 * s.R2;
+    return s;
+}
+
+// What one block works on, decoded from its linear index (residue fastest,
+// then output-channel tile, group, tile of the phase grid, sample), the taps
+// of its phase, and the thread's place in it. Everything but the thread's u
+// and the two flags is uniform in the block.
+template <typename I>
+struct Tile {
     I n, group, co0, tile_n;       // sample, group, first output channel in the group, tile width
     I r0, r1, r2;                  // residues
     I u0, u1, u2;                  // the thread's first output is (u0*S0 + r0, u1*S1 + r1, u2*S2 + r2)
+    PhaseDim<I> p0, p1, p2;
     bool active, second;           // the thread has a first (and a second) output
 };
 
 template <typename I>
-__device__ __forceinline__ Work<I> decode(I block, I tid, I groups, I c_out_per_group,
-                                          I out0, I out1, I out2, I S0, I S1, I S2) {
-    const I R0 = S0 < out0 ? S0 : out0, R1 = S1 < out1 ? S1 : out1, R2 = S2 < out2 ? S2 : out2;
-    const I U0 = (out0 + S0 - 1) / S0, U1 = (out1 + S1 - 1) / S1, U2 = (out2 + S2 - 1) / S2;
-    const I U2p = (U2 + TCONV_PIXELS - 1) / TCONV_PIXELS;
-    const I u_tiles = (U0 * U1 * U2p + TCONV_BLOCK - 1) / TCONV_BLOCK;
-    const I co_tiles = (c_out_per_group + TCONV_COUT_TILE - 1) / TCONV_COUT_TILE;
-    Work<I> w;
+__device__ __forceinline__ Tile<I> tile_of(const Shape<I>& s, I block, I tid) {
+    Tile<I> w;
     I rest = block;
-    w.r2 = rest % R2; rest /= R2;
-    w.r1 = rest % R1; rest /= R1;
-    w.r0 = rest % R0; rest /= R0;
-    w.co0 = rest % co_tiles * TCONV_COUT_TILE; rest /= co_tiles;
-    w.group = rest % groups; rest /= groups;
-    const I u = rest % u_tiles * TCONV_BLOCK + tid;
-    w.n = rest / u_tiles;
-    const I remaining = c_out_per_group - w.co0;
+    w.r2 = rest % s.R2; rest /= s.R2;
+    w.r1 = rest % s.R1; rest /= s.R1;
+    w.r0 = rest % s.R0; rest /= s.R0;
+    w.co0 = rest % s.co_tiles * TCONV_COUT_TILE; rest /= s.co_tiles;
+    w.group = rest % s.groups; rest /= s.groups;
+    const I u = rest % s.u_tiles * TCONV_BLOCK + tid;
+    w.n = rest / s.u_tiles;
+    const I remaining = s.c_out_per_group - w.co0;
     w.tile_n = remaining < TCONV_COUT_TILE ? remaining : TCONV_COUT_TILE;
-    w.u2 = u % U2p * TCONV_PIXELS;
-    w.u1 = u / U2p % U1;
-    w.u0 = u / U2p / U1;
-    w.active = u < U0 * U1 * U2p && w.u0 * S0 + w.r0 < out0 && w.u1 * S1 + w.r1 < out1 &&
-               w.u2 * S2 + w.r2 < out2;
-    w.second = TCONV_PIXELS == 2 && (w.u2 + 1) * S2 + w.r2 < out2;
+    w.u2 = u % s.U2p * TCONV_PIXELS;
+    w.u1 = u / s.U2p % s.U1;
+    w.u0 = u / s.U2p / s.U1;
+    w.active = u < s.U0 * s.U1 * s.U2p && w.u0 * s.S0 + w.r0 < s.out0 &&
+               w.u1 * s.S1 + w.r1 < s.out1 && w.u2 * s.S2 + w.r2 < s.out2;
+    w.second = TCONV_PIXELS == 2 && (w.u2 + 1) * s.S2 + w.r2 < s.out2;
+    w.p0 = phase_dim<I>(w.r0, s.K0, s.S0, s.pad0, s.D0, s.gcd0, s.inv0);
+    w.p1 = phase_dim<I>(w.r1, s.K1, s.S1, s.pad1, s.D1, s.gcd1, s.inv1);
+    w.p2 = phase_dim<I>(w.r2, s.K2, s.S2, s.pad2, s.D2, s.gcd2, s.inv2);
     return w;
 }
 
-// Blocks of the whole launch (the host computes the same number for the grid).
-template <typename I>
-__device__ __forceinline__ I block_count(I total, I groups, I c_out_per_group,
-                                         I out0, I out1, I out2, I S0, I S1, I S2) {
-    const I out_plane = out0 * out1 * out2;
-    const I batch = total / (groups * c_out_per_group * out_plane);
-    const I U2p = ((out2 + S2 - 1) / S2 + TCONV_PIXELS - 1) / TCONV_PIXELS;
-    const I u_tiles = (((out0 + S0 - 1) / S0) * ((out1 + S1 - 1) / S1) * U2p + TCONV_BLOCK - 1) / TCONV_BLOCK;
-    const I co_tiles = (c_out_per_group + TCONV_COUT_TILE - 1) / TCONV_COUT_TILE;
-    const I residues = (S0 < out0 ? S0 : out0) * (S1 < out1 ? S1 : out1) * (S2 < out2 ? S2 : out2);
-    return batch * groups * co_tiles * u_tiles * residues;
-}
+template <typename Acc>
+struct Accumulators {
+    Acc v[TCONV_COUT_TILE][TCONV_PIXELS];
+    __device__ __forceinline__ Accumulators() {
+#pragma unroll
+        for (int t = 0; t < TCONV_COUT_TILE; ++t)
+#pragma unroll
+            for (int p = 0; p < TCONV_PIXELS; ++p) v[t][p] = 0;
+    }
+};
 
 // Add the bias and store the tile of the thread's outputs.
 template <typename T, typename I, typename Acc>
 __device__ __forceinline__ void store_tile(T* __restrict__ y, const T* __restrict__ bias,
-                                           const Work<I>& w, I c_out, I c_out_per_group,
-                                           I out0, I out1, I out2, I S0, I S1, I S2,
-                                           Acc (&acc)[TCONV_COUT_TILE][TCONV_PIXELS]) {
-    const I out_plane = out0 * out1 * out2;
-    const I co = w.group * c_out_per_group + w.co0;
-    T* y_t = y + (w.n * c_out + co) * out_plane
-             + ((w.u0 * S0 + w.r0) * out1 + w.u1 * S1 + w.r1) * out2 + w.u2 * S2 + w.r2;
+                                           const Shape<I>& s, const Tile<I>& w,
+                                           const Accumulators<Acc>& acc) {
+    const I co = w.group * s.c_out_per_group + w.co0;
+    T* y_t = y + (w.n * s.groups * s.c_out_per_group + co) * s.out_plane
+             + ((w.u0 * s.S0 + w.r0) * s.out1 + w.u1 * s.S1 + w.r1) * s.out2 + w.u2 * s.S2 + w.r2;
 #pragma unroll
     for (int t = 0; t < TCONV_COUT_TILE; ++t) {
         if (t < w.tile_n) {
             const Acc b = bias != 0 ? to_acc(bias[co + t]) : Acc(0);
             Acc v[TCONV_PIXELS];
 #pragma unroll
-            for (int p = 0; p < TCONV_PIXELS; ++p) v[p] = acc[t][p] + b;
-            store_pixels<T, I, Acc>(y_t + t * out_plane, S2, w.second, v);
+            for (int p = 0; p < TCONV_PIXELS; ++p) v[p] = acc.v[t][p] + b;
+            store_pixels<T, I, Acc>(y_t + t * s.out_plane, s.S2, w.second, v);
         }
     }
 }
 
+// The group's input channels of sample n, from input channel ci0 on.
+template <typename T, typename I>
+__device__ __forceinline__ const T* input_of(const T* x, const Shape<I>& s, const Tile<I>& w, I ci0) {
+    return x + ((w.n * s.groups + w.group) * s.c_in_per_group + ci0) * s.in_plane;
+}
 
 // Weights of the tile read from global memory through the read-only cache.
 // Every thread of a block reads the same address at the same time (one tap,
@@ -341,30 +384,30 @@ struct SharedWeights {
     }
 };
 
-// acc += x * w over every tap of the block's phase and the input channels
-// [0, channels) of x_g. The taps of the first two dimensions are the outer
+// acc += x * w over every tap of the tile's phase and `channels` input
+// channels from x_g on. The taps of the first two dimensions are the outer
 // loops (their bounds are checked once per input row); the row's taps are the
 // innermost loop, unrolled when the sizes are fixed, so each input channel
 // issues its loads independently of one another. weights.tile(ci, tap, j, w)
 // gives the tile's weights for input channel ci at kernel tap `tap` (linear
 // index into k0*k1*k2), which is the j-th tap of the phase.
 template <typename T, typename I, typename Acc, typename Weights>
-__device__ __forceinline__ void accumulate(const T* __restrict__ x_g, I channels, I in0, I in1, I in2,
-                                           I K1, I K2, const Work<I>& work, const PhaseDim<I>& p0,
-                                           const PhaseDim<I>& p1, const PhaseDim<I>& p2,
-                                           const Weights& weights,
-                                           Acc (&acc)[TCONV_COUT_TILE][TCONV_PIXELS]) {
-    const I in_plane = in0 * in1 * in2;
+__device__ __forceinline__ void accumulate(const T* __restrict__ x_g, I channels, const Shape<I>& s,
+                                           const Tile<I>& work, const Weights& weights,
+                                           Accumulators<Acc>& acc) {
+    const PhaseDim<I>& p0 = work.p0;
+    const PhaseDim<I>& p1 = work.p1;
+    const PhaseDim<I>& p2 = work.p2;
     for (I a = 0; a < p0.count; ++a) {
         const I i0 = work.u0 + p0.offset - a * p0.input_step;
-        if (!inside(i0, in0)) continue;
+        if (!inside(i0, s.in0)) continue;
         const I q0 = p0.tap + a * p0.tap_step;
         for (I b = 0; b < p1.count; ++b) {
             const I i1 = work.u1 + p1.offset - b * p1.input_step;
-            if (!inside(i1, in1)) continue;
+            if (!inside(i1, s.in1)) continue;
             const I q1 = p1.tap + b * p1.tap_step;
-            const T* row = x_g + (i0 * in1 + i1) * in2;
-            const I tap_ab = (q0 * K1 + q1) * K2 + p2.tap;
+            const T* row = x_g + (i0 * s.in1 + i1) * s.in2;
+            const I tap_ab = (q0 * s.K1 + q1) * s.K2 + p2.tap;
             const I j_ab = (a * p1.count + b) * p2.count;
             for (I ci = 0; ci < channels; ++ci) {
                 const I n2 = fixed_taps::dim2 ? (I)fixed_taps::dim2 : p2.count;
@@ -373,16 +416,16 @@ __device__ __forceinline__ void accumulate(const T* __restrict__ x_g, I channels
                     if (c >= p2.count) break;
                     const I i2 = work.u2 + p2.offset - c * p2.input_step;
                     bool ok[TCONV_PIXELS];
-                    if (!pixels_reading(i2, in2, work.second, ok)) continue;
+                    if (!pixels_reading(i2, s.in2, work.second, ok)) continue;
                     Acc xv[TCONV_PIXELS];
-                    load_pixels<T, I, Acc>(row + ci * in_plane, i2, ok, xv);
+                    load_pixels<T, I, Acc>(row + ci * s.in_plane, i2, ok, xv);
                     Acc wv[TCONV_COUT_TILE];
                     weights.tile(ci, tap_ab + c * p2.tap_step, j_ab + c, wv);
 #pragma unroll
                     for (int t = 0; t < TCONV_COUT_TILE; ++t)
 #pragma unroll
                         for (int p = 0; p < TCONV_PIXELS; ++p)
-                            if (ok[p]) acc[t][p] += xv[p] * wv[t];
+                            if (ok[p]) acc.v[t][p] += xv[p] * wv[t];
                 }
             }
         }
@@ -407,36 +450,20 @@ __global__ void conv_transpose_phase(
         const I inv0, const I inv1, const I inv2) {
     using namespace tiled;
     typedef typename accumulator<T>::type Acc;
-    const I K0 = fixed_or<TCONV_K0>(k0), K1 = fixed_or<TCONV_K1>(k1), K2 = fixed_or<TCONV_K2>(k2);
-    const I S0 = fixed_or<TCONV_S0>(stride0), S1 = fixed_or<TCONV_S1>(stride1),
-            S2 = fixed_or<TCONV_S2>(stride2);
-    const I D0 = fixed_or<TCONV_D0>(dil0), D1 = fixed_or<TCONV_D1>(dil1), D2 = fixed_or<TCONV_D2>(dil2);
-    const I c_out = groups * c_out_per_group;
-    const I in_plane = in0 * in1 * in2;
-    const I taps = K0 * K1 * K2;
-    const I w_channel = c_out_per_group * taps;  // weight stride between input channels
-    const I blocks = block_count<I>(total, groups, c_out_per_group, out0, out1, out2, S0, S1, S2);
-
-    for (I block = (I)blockIdx.x; block < blocks; block += (I)gridDim.x) {
-        const Work<I> work = decode<I>(block, (I)threadIdx.x, groups, c_out_per_group,
-                                       out0, out1, out2, S0, S1, S2);
-        if (!work.active) continue;
-        const PhaseDim<I> p0 = phase_dim<I>(work.r0, K0, S0, pad0, D0, gcd0, inv0);
-        const PhaseDim<I> p1 = phase_dim<I>(work.r1, K1, S1, pad1, D1, gcd1, inv1);
-        const PhaseDim<I> p2 = phase_dim<I>(work.r2, K2, S2, pad2, D2, gcd2, inv2);
-        const T* x_g = x + (work.n * groups + work.group) * c_in_per_group * in_plane;
-        const T* w_g = w + work.group * c_in_per_group * w_channel + work.co0 * taps;
-
-        Acc acc[TCONV_COUT_TILE][TCONV_PIXELS];
-#pragma unroll
-        for (int t = 0; t < TCONV_COUT_TILE; ++t)
-#pragma unroll
-            for (int p = 0; p < TCONV_PIXELS; ++p) acc[t][p] = 0;
-
-        const GlobalWeights<T, I> weights = {w_g, w_channel, taps, work.tile_n};
-        accumulate<T, I, Acc>(x_g, c_in_per_group, in0, in1, in2, K1, K2, work, p0, p1, p2,
-                              weights, acc);
-        store_tile<T, I, Acc>(y, bias, work, c_out, c_out_per_group, out0, out1, out2, S0, S1, S2, acc);
+    const Shape<I> s = make_shape<I>(total, groups, c_in_per_group, c_out_per_group, in0, in1, in2,
+                                     out0, out1, out2, k0, k1, k2, stride0, stride1, stride2,
+                                     pad0, pad1, pad2, dil0, dil1, dil2, gcd0, gcd1, gcd2,
+                                     inv0, inv1, inv2);
+    const I w_channel = c_out_per_group * s.taps;  // weight stride between input channels
+    for (I block = (I)blockIdx.x; block < s.blocks; block += (I)gridDim.x) {
+        const Tile<I> tile = tile_of<I>(s, block, (I)threadIdx.x);
+        if (!tile.active) continue;
+        const GlobalWeights<T, I> weights = {
+            w + tile.group * c_in_per_group * w_channel + tile.co0 * s.taps, w_channel, s.taps,
+            tile.tile_n};
+        Accumulators<Acc> acc;
+        accumulate<T, I, Acc>(input_of<T, I>(x, s, tile, 0), c_in_per_group, s, tile, weights, acc);
+        store_tile<T, I, Acc>(y, bias, s, tile, acc);
     }
 }
 
@@ -462,34 +489,21 @@ __global__ void conv_transpose_phase_smem(
     // 16-byte alignment and a tile width that is a multiple of the vector
     // width keep every (channel, tap) row of the tile vector-aligned.
     __shared__ __align__(16) Acc staged[TCONV_CI_CHUNK * fixed_taps::phase * TCONV_COUT_TILE];
-
-    const I K0 = fixed_or<TCONV_K0>(k0), K1 = fixed_or<TCONV_K1>(k1), K2 = fixed_or<TCONV_K2>(k2);
-    const I S0 = fixed_or<TCONV_S0>(stride0), S1 = fixed_or<TCONV_S1>(stride1),
-            S2 = fixed_or<TCONV_S2>(stride2);
-    const I D0 = fixed_or<TCONV_D0>(dil0), D1 = fixed_or<TCONV_D1>(dil1), D2 = fixed_or<TCONV_D2>(dil2);
-    const I c_out = groups * c_out_per_group;
-    const I in_plane = in0 * in1 * in2;
-    const I taps = K0 * K1 * K2;
-    const I blocks = block_count<I>(total, groups, c_out_per_group, out0, out1, out2, S0, S1, S2);
+    const Shape<I> s = make_shape<I>(total, groups, c_in_per_group, c_out_per_group, in0, in1, in2,
+                                     out0, out1, out2, k0, k1, k2, stride0, stride1, stride2,
+                                     pad0, pad1, pad2, dil0, dil1, dil2, gcd0, gcd1, gcd2,
+                                     inv0, inv1, inv2);
 
     // The loop bounds are uniform in the block, so every thread reaches the
     // same barriers.
-    for (I block = (I)blockIdx.x; block < blocks; block += (I)gridDim.x) {
-        const Work<I> work = decode<I>(block, (I)threadIdx.x, groups, c_out_per_group,
-                                       out0, out1, out2, S0, S1, S2);
-        const PhaseDim<I> p0 = phase_dim<I>(work.r0, K0, S0, pad0, D0, gcd0, inv0);
-        const PhaseDim<I> p1 = phase_dim<I>(work.r1, K1, S1, pad1, D1, gcd1, inv1);
-        const PhaseDim<I> p2 = phase_dim<I>(work.r2, K2, S2, pad2, D2, gcd2, inv2);
+    for (I block = (I)blockIdx.x; block < s.blocks; block += (I)gridDim.x) {
+        const Tile<I> tile = tile_of<I>(s, block, (I)threadIdx.x);
+        const PhaseDim<I>& p0 = tile.p0;
+        const PhaseDim<I>& p1 = tile.p1;
+        const PhaseDim<I>& p2 = tile.p2;
         const int phase_taps = (int)(p0.count * p1.count * p2.count);  // <= fixed_taps::phase (host-checked)
-        const T* x_g = x + (work.n * groups + work.group) * c_in_per_group * in_plane;
-        const T* w_g = w + (work.group * c_in_per_group * c_out_per_group + work.co0) * taps;
-
-        Acc acc[TCONV_COUT_TILE][TCONV_PIXELS];
-#pragma unroll
-        for (int t = 0; t < TCONV_COUT_TILE; ++t)
-#pragma unroll
-            for (int p = 0; p < TCONV_PIXELS; ++p) acc[t][p] = 0;
-
+        const T* w_g = w + (tile.group * c_in_per_group * c_out_per_group + tile.co0) * s.taps;
+        Accumulators<Acc> acc;
         for (I ci0 = 0; ci0 < c_in_per_group; ci0 += TCONV_CI_CHUNK) {
             const int chunk = (int)(c_in_per_group - ci0 < TCONV_CI_CHUNK ? c_in_per_group - ci0
                                                                           : TCONV_CI_CHUNK);
@@ -501,18 +515,16 @@ __global__ void conv_transpose_phase_smem(
                 const I q2 = p2.tap + j % (int)p2.count * p2.tap_step;
                 const I q1 = p1.tap + j / (int)p2.count % (int)p1.count * p1.tap_step;
                 const I q0 = p0.tap + j / (int)p2.count / (int)p1.count * p0.tap_step;
-                staged[e] = c < chunk && t < work.tile_n
-                    ? to_acc(w_g[((ci0 + c) * c_out_per_group + t) * taps + (q0 * K1 + q1) * K2 + q2])
+                staged[e] = c < chunk && t < tile.tile_n
+                    ? to_acc(w_g[((ci0 + c) * c_out_per_group + t) * s.taps + (q0 * s.K1 + q1) * s.K2 + q2])
                     : Acc(0);
             }
             __syncthreads();
-            if (!work.active) continue;
+            if (!tile.active) continue;
             const SharedWeights<Acc, I> weights = {staged, phase_taps};
-            accumulate<T, I, Acc>(x_g + ci0 * in_plane, (I)chunk, in0, in1, in2, K1, K2, work,
-                                  p0, p1, p2, weights, acc);
+            accumulate<T, I, Acc>(input_of<T, I>(x, s, tile, ci0), (I)chunk, s, tile, weights, acc);
         }
-        if (work.active)
-            store_tile<T, I, Acc>(y, bias, work, c_out, c_out_per_group, out0, out1, out2, S0, S1, S2, acc);
+        if (tile.active) store_tile<T, I, Acc>(y, bias, s, tile, acc);
     }
 }
 
