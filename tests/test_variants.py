@@ -2,8 +2,6 @@
 backend (every dtype and index width), its launch plan, and the heuristic that will
 choose between them."""
 
-import subprocess
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -142,22 +140,11 @@ def test_plan_carries_the_compile_time_inputs():
     assert code.startswith("#define TCONV_BLOCK 128\n") and '#line 1 "conv_transpose_tiled.cu"' in code
 
 
-def test_emulator_builds_once_per_set_of_compile_time_inputs(monkeypatch, tmp_path):
-    monkeypatch.setenv("GPU_TCONV_CACHE_DIR", str(tmp_path))
-    emulated_backend._library.cache_clear()
-    builds = []
-    real_run = subprocess.run
-
-    def counting_run(command, *args, **kwargs):
-        builds.append(command)
-        return real_run(command, *args, **kwargs)
-
-    monkeypatch.setattr(emulated_backend.subprocess, "run", counting_run)
+def test_emulator_builds_once_per_set_of_compile_time_inputs(emulator_builds):
     x, w = np.ones((1, 2, 5)), np.ones((2, 3, 3))
     for stride in (1, 2, 1, 2):  # two specializations, each built once
         g = geometry_from_shapes(x.shape, w.shape, stride=stride)
         y = emulated_backend.conv_transpose(x, w, None, g, variant="phase")
         np.testing.assert_array_equal(y, conv_transpose_reference(x, w, stride=stride))
-    assert len(builds) == 2 and builds[0] != builds[1]
-    assert {"-DTCONV_S2=1", "-DTCONV_S2=2"} <= {a for b in builds for a in b}
-    emulated_backend._library.cache_clear()
+    assert len(emulator_builds) == 2 and emulator_builds[0] != emulator_builds[1]
+    assert {"-DTCONV_S2=1", "-DTCONV_S2=2"} <= {a for b in emulator_builds for a in b}
