@@ -17,6 +17,7 @@ import numpy as np
 
 from . import variants
 from .geometry import Geometry
+from .variants import padded as _padded  # every rank runs as 3-D
 
 KERNEL_FILE = "conv_transpose.cu"
 KERNEL_NAME = "gpu_tconv::conv_transpose_gather"
@@ -135,13 +136,12 @@ def plan(geometry: Geometry, dtype: np.dtype, index_bits: int | None = None,
     index = INDEX_TYPES[index_bits][1]
 
     inverses = [_tap_inverse(s, d) for s, d in zip(g.stride, g.dilation)]
-    padded = variants.padded
     values = (
         (total, g.groups, g.c_in_per_group, g.c_out_per_group)
-        + padded(g.in_size, 1) + padded(g.out_size, 1) + padded(g.kernel, 1)
-        + padded(g.stride, 1) + padded(g.padding, 0) + padded(g.dilation, 1)
-        + padded(tuple(gcd for gcd, _ in inverses), 1)
-        + padded(tuple(inv for _, inv in inverses), 0)
+        + _padded(g.in_size, 1) + _padded(g.out_size, 1) + _padded(g.kernel, 1)
+        + _padded(g.stride, 1) + _padded(g.padding, 0) + _padded(g.dilation, 1)
+        + _padded(tuple(gcd for gcd, _ in inverses), 1)
+        + _padded(tuple(inv for _, inv in inverses), 0)
     )
     return LaunchPlan(kernel=kernel_expression(dtype, index_bits, chosen.kernel),
                       grid=(blocks, 1, 1), block=(chosen.block, 1, 1),

@@ -77,10 +77,8 @@ class Variant:
     ci_chunk: int = 0
     specialized: bool = False
     summary: str = ""
-
-    @property
-    def tiled(self) -> bool:
-        return self.source != "conv_transpose.cu"
+    #: A kernel of ``conv_transpose_tiled.cu``: phase blocks, tile defines.
+    tiled: bool = True
 
     @property
     def block_sync(self) -> bool:
@@ -122,7 +120,7 @@ class Variant:
     def blocks(self, g: Geometry) -> int:
         """Blocks that cover the whole output (the kernel's grid-stride loop takes any
         beyond the grid). Tiled: one per sample, group, output-channel tile, tile of the
-        phase grid and residue (the same count as ``block_count`` in the kernel)."""
+        phase grid and residue (the same count as ``make_shape`` in the kernel)."""
         total = g.batch * g.c_out * math.prod(g.out_size)
         if not self.tiled:
             return -(-total // self.block)
@@ -137,7 +135,7 @@ class Variant:
 _TILED = "conv_transpose_tiled.cu"
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("simple", "conv_transpose.cu", "gpu_tconv::conv_transpose_gather", _SIMPLE_BLOCK,
-            summary="one thread per output, taps found per output; the default"),
+            summary="one thread per output, taps found per output; the default", tiled=False),
     Variant("phase_generic", _TILED, "gpu_tconv::conv_transpose_phase", 128, cout_tile=4,
             pixels=2, summary="phase blocks, 4 channels x 2 pixels per thread, run-time sizes"),
     Variant("phase", _TILED, "gpu_tconv::conv_transpose_phase", 128, cout_tile=4, pixels=2,
