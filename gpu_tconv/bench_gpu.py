@@ -83,7 +83,9 @@ def describe_device(cupy) -> dict:
 
 def gpu_time_ms(fn: Callable[[], object], repeats: int, cupy) -> float:
     """Median milliseconds of ``fn`` by CUDA events on the legacy default stream, which
-    waits for (and is waited for by) every other blocking stream, PyTorch's included."""
+    waits for (and is waited for by) every other blocking stream, PyTorch's included.
+    The caller has run ``fn`` once already (the warm-up: compiles, algorithm search,
+    memory pools)."""
     stream = cupy.cuda.Stream.null
     start, end = cupy.cuda.Event(), cupy.cuda.Event()
 
@@ -95,7 +97,6 @@ def gpu_time_ms(fn: Callable[[], object], repeats: int, cupy) -> float:
         end.synchronize()
         return cupy.cuda.get_elapsed_time(start, end) / calls
 
-    fn()  # warm-up
     cupy.cuda.Device().synchronize()
     once = sample(1)
     calls = max(1, min(100, math.ceil(1.0 / max(once, 1e-3))))  # samples of >= 1 ms
@@ -178,7 +179,7 @@ def measure(config: Config, names: list[str], repeats: int, cupy, torch) -> dict
             row["skipped"][method] = run
             continue
         try:
-            result = _as_cupy(run(), cupy)
+            result = _as_cupy(run(), cupy)  # checked, and the warm-up of the timing
             if reference is None:
                 reference = _as_cupy(runners["torch"](), cupy) if "torch" in runners else result
             scale = float(cupy.abs(reference).max()) or 1.0
