@@ -25,9 +25,10 @@
 //   the accumulator type and laid out with the channel tile innermost so a
 //   thread reads its tile with vector loads (conv_transpose_phase_smem).
 // * Compile-time specialization: TCONV_K*, TCONV_S*, TCONV_D* (kernel size,
-//   stride, dilation per dimension) fix the tap loops' bounds so they unroll;
-//   0 (the default) takes the value from the kernel arguments, the generic
-//   fallback. float16 accumulates in float.
+//   stride, dilation per dimension) make the tap bounds and index strides
+//   constants, and the row's tap loop (the innermost) unrolls; 0 (the
+//   default) takes the value from the kernel arguments, the generic fallback.
+//   float16 accumulates in float.
 //
 // Each thread works on outputs u*s + r (u = 0, 1, ...) of its block's residue
 // r; with q = u + (r + padding) / s, the tap j of the phase reads input
@@ -37,7 +38,8 @@
 // compile on its own): TCONV_BLOCK threads per block, TCONV_COUT_TILE,
 // TCONV_PIXELS (1 or 2), TCONV_CI_CHUNK input channels staged at once and
 // TCONV_SMEM_TAPS, the most taps of one phase the shared weight tile holds
-// when the kernel size is not fixed at compile time.
+// when the kernel size is not fixed at compile time (the host must not launch
+// a phase with more; with fixed sizes the tile is sized exactly).
 
 #include "conv_transpose.cu"
 
