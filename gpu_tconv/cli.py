@@ -22,7 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from . import __version__, batch, bench_cpu, cuda_backend, dispatch, emulated_backend, explain, files
+from . import (__version__, batch, bench_cpu, bench_gpu, cuda_backend, dispatch, emulated_backend,
+               explain, files)
 from .api import available_backends, conv_transpose
 from .geometry import geometry_from_shapes
 from .layout import spatial_layout
@@ -201,7 +202,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    bench_cpu.run_from_args(args)
+    (bench_cpu if args.cpu else bench_gpu).run_from_args(args)
     return 0
 
 
@@ -297,12 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_shape)
 
     p = _add_command(
-        commands, "bench", "Time the NumPy backend against PyTorch's CPU conv_transpose "
-        "(installed separately) on standard layer shapes; print a table, write JSON.",
-        f"  {PROG} bench --cpu\n  {PROG} bench --cpu --only DCGAN --repeats 3")
-    p.add_argument("--cpu", action="store_true", required=True,
-                   help="the CPU benchmark (required: the one this release has)")
+        commands, "bench", "Time gpu_tconv's CUDA kernels against cuDNN and GEMM + col2im on "
+        "standard layer shapes (without a GPU: says so); with --cpu, the NumPy backend against "
+        "PyTorch's CPU conv_transpose. Print a table, write JSON.",
+        f"  {PROG} bench --only DCGAN --dtypes float16\n  {PROG} bench --cpu\n"
+        f"  {PROG} bench --cpu --only DCGAN --repeats 3")
+    p.add_argument("--cpu", action="store_true",
+                   help="the CPU benchmark instead of the GPU one")
     bench_cpu.add_arguments(p)
+    bench_gpu.add_arguments(p)
     p.set_defaults(run=_cmd_bench)
 
     p = _add_command(commands, "info", "Print the version, the backends usable here and why "

@@ -124,35 +124,42 @@ def explain_compile_error(error: BaseException) -> RuntimeError:
     return RuntimeError(f"{hint}\n{text}")
 
 
+def compile_options(source: str = launch.KERNEL_FILE) -> tuple[str, ...]:
+    """NVRTC options beyond CuPy's own: :data:`COMPILE_OPTIONS` and the kernel folder
+    as an include path (a kernel file may include another)."""
+    return COMPILE_OPTIONS + (f"--include-path={launch.kernel_source_path(source).parent}",)
+
+
 _compile_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(device_id: int, kernel: str):
+def _compiled(device_id: int, source: str, kernel: str, defines: launch.Defines):
     cupy = _import_cupy()
     with cupy.cuda.Device(device_id):
         try:
-            module = cupy.RawModule(code=launch.kernel_source_path().read_text(),
-                                    options=COMPILE_OPTIONS, name_expressions=[kernel])
+            module = cupy.RawModule(code=launch.kernel_code(source, defines),
+                                    options=compile_options(source), name_expressions=[kernel])
             return module.get_function(kernel)
         except Exception as error:  # CompileException (with the NVRTC log), a missing library
             raise explain_compile_error(error) from error
 
 
-def kernel_function(device_id: int, kernel: str):
-    """The compiled kernel for one instantiation on one device.
+def kernel_function(device_id: int, plan: launch.LaunchPlan):
+    """The compiled kernel of ``plan`` on one device.
 
-    Compiled once per (device, instantiation), the key being exactly the compile-time
-    inputs; the lock makes concurrent first calls wait for that one compile.
+    Compiled once per (device, source, instantiation, defines), the key being exactly the
+    compile-time inputs; the lock makes concurrent first calls wait for that one compile.
     """
     with _compile_lock:
-        return _compiled(device_id, kernel)
+        return _compiled(device_id, plan.source, plan.kernel, plan.defines)
 
 
 def run_plan(plan: launch.LaunchPlan, arrays: tuple, device) -> None:
     """Launch ``plan`` on ``device`` (CuPy's current stream there) with ``arrays`` (CuPy
     arrays or ``None``) before the scalar arguments."""
-    kernel_function(device.id, plan.kernel)(plan.grid, plan.block, (*arrays, *plan.scalars))
+    kernel_function(device.id, plan)(plan.grid, plan.block, (*arrays, *plan.scalars),
+                                     shared_mem=plan.shared_bytes)
 
 
 def batch_chunk(batch: int, per_sample: int, fixed: int, free: int) -> int:
@@ -174,11 +181,12 @@ def _free_bytes(cupy) -> int:
     return free + cupy.get_default_memory_pool().free_bytes()
 
 
-def conv_transpose(x, weight, bias, geometry: Geometry, device=None):
+def conv_transpose(x, weight, bias, geometry: Geometry, device=None, *, variant: str = "auto"):
     """CUDA twin of :func:`gpu_tconv.numpy_backend.conv_transpose`.
 
     Operands may be CuPy arrays (on ``device``) or NumPy arrays; the result is a CuPy
-    array on ``device`` when ``x`` is one, else a NumPy array.
+    array on ``device`` when ``x`` is one, else a NumPy array. ``variant`` names the
+    kernel variant (for tests and benchmarks; see :mod:`gpu_tconv.variants`).
     """
     cupy = _import_cupy()
     device = device if device is not None else cupy.cuda.Device()
@@ -215,7 +223,7 @@ def conv_transpose(x, weight, bias, geometry: Geometry, device=None):
             sub = replace(geometry, batch=xs.shape[0])
             # A batch slice of a C-contiguous array is contiguous: the kernel writes into it.
             ys = y[part] if on_device else cupy.empty(sub.out_shape, x.dtype)
-            run_plan(launch.plan(sub, x.dtype), (xs, weight, bias, ys), device)
+            run_plan(launch.plan(sub, x.dtype, variant=variant), (xs, weight, bias, ys), device)
             if not on_device:
                 ys.get(out=y[part])
     return y

@@ -3,7 +3,10 @@
 The kernel file is compiled by the host C++ compiler with ``emulator/cuda_shim.h``
 force-included and ``emulator/launcher.cpp`` running it over every block and thread
 of the grid that :mod:`gpu_tconv.launch` describes. It is slow and exists so that a
-machine without a GPU can prove the kernel's index arithmetic.
+machine without a GPU can prove the kernel's index arithmetic. Kernels that share
+memory between threads and wait at ``__syncthreads()`` (``plan.block_sync``) run with
+one host thread per CUDA thread of a block and a real barrier; the others run their
+threads one after another.
 
 Built libraries are cached on disk (``$GPU_TCONV_CACHE_DIR`` or
 ``~/.cache/gpu_tconv``) under a hash of everything that goes into the build.
@@ -50,30 +53,42 @@ def cache_dir() -> Path:
     return Path(root) / "emulated"
 
 
-def _build_command(kernel: str, source: Path, output: Path, sanitize: bool) -> list[str]:
+def _kernel_command(kernel: str, source: Path, defines: launch.Defines, output: Path,
+                    sanitize: bool) -> list[str]:
+    # No strict aliasing: the kernels load pairs of elements through vector types, the
+    # way CUDA code does.
     return [
-        compiler(), "-std=c++17", "-O2", "-shared", "-fPIC", "-w",
+        compiler(), "-std=c++17", "-fno-strict-aliasing", "-O2", "-shared", "-fPIC", "-w",
         *(_SANITIZE_FLAGS if sanitize else ()),
         f"-I{_EMULATOR_DIR / 'include'}", "-include", str(_EMULATOR_DIR / "cuda_shim.h"),
+        *(f"-D{name}={value}" for name, value in defines),
         f'-DGPU_TCONV_KERNEL_SOURCE="{source}"', f"-DGPU_TCONV_KERNEL={kernel}",
         str(_EMULATOR_DIR / "launcher.cpp"), "-o", str(output),
     ]
 
 
+def _runtime_command(output: Path, sanitize: bool) -> list[str]:
+    # C++20 for std::barrier.
+    return [compiler(), "-std=c++20", "-pthread", "-O2", "-shared", "-fPIC", "-w",
+            *(_SANITIZE_FLAGS if sanitize else ()), str(_EMULATOR_DIR / "runtime.cpp"),
+            "-o", str(output)]
+
+
 _build_lock = threading.Lock()
 
 
-@functools.lru_cache(maxsize=None)
-def _library(kernel: str, sanitize: bool) -> ctypes.CDLL:
-    """Build (or find in the disk cache) and load the library for one instantiation."""
+def _built(command, inputs: list[Path]) -> ctypes.CDLL:
+    """Build ``command(output)`` (or find it in the disk cache) and load it.
+
+    The cache key hashes every input file and the command itself, so it is exactly the
+    compile-time inputs.
+    """
     if compiler() is None:
         raise RuntimeError(f"the emulated backend is unavailable: {unavailable_reason()}")
-    source = launch.kernel_source_path()
     key = hashlib.sha256()
-    for path in (source, _EMULATOR_DIR / "cuda_shim.h", _EMULATOR_DIR / "launcher.cpp",
-                 _EMULATOR_DIR / "include" / "cuda_fp16.h"):
-        key.update(path.read_bytes())
-    key.update(" ".join(_build_command(kernel, source, Path("out"), sanitize)).encode())
+    for path in inputs:
+        key.update(path.name.encode() + b"\0" + path.read_bytes())
+    key.update(" ".join(command(Path("out"))).encode())
     target = cache_dir() / f"{key.hexdigest()[:24]}.so"
     with _build_lock:
         if not target.exists():
@@ -82,18 +97,42 @@ def _library(kernel: str, sanitize: bool) -> ctypes.CDLL:
             # library or a complete one.
             fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
             os.close(fd)
-            command = _build_command(kernel, source, Path(partial), sanitize)
-            done = subprocess.run(command, capture_output=True, text=True)
+            done = subprocess.run(command(Path(partial)), capture_output=True, text=True)
             if done.returncode != 0:
                 os.unlink(partial)
-                raise RuntimeError(f"building the emulated kernel failed:\n{shlex.join(command)}\n"
-                                   f"{done.stderr}")
+                raise RuntimeError(f"building the emulated kernel failed:\n"
+                                   f"{shlex.join(command(Path(partial)))}\n{done.stderr}")
             os.replace(partial, target)
-    library = ctypes.CDLL(str(target))
-    library.gpu_tconv_launch.restype = None
+    return ctypes.CDLL(str(target))
+
+
+_EMULATOR_FILES = [_EMULATOR_DIR / "cuda_shim.h", _EMULATOR_DIR / "launcher.cpp",
+                   _EMULATOR_DIR / "include" / "cuda_fp16.h"]
+
+
+@functools.lru_cache(maxsize=None)
+def _library(source_name: str, kernel: str, defines: launch.Defines,
+             sanitize: bool) -> ctypes.CDLL:
+    """The library for one instantiation: the kernel ``kernel`` of the file
+    ``source_name`` compiled with ``defines``."""
+    source = launch.kernel_source_path(source_name)
+    # Every source of the kernel's folder: a kernel file may include another.
+    kernel_files = sorted(p for p in source.parent.iterdir() if p.suffix in (".cu", ".cuh"))
+    library = _built(lambda out: _kernel_command(kernel, source, defines, out, sanitize),
+                     kernel_files + _EMULATOR_FILES)
+    library.gpu_tconv_launch.restype = ctypes.c_int
     library.gpu_tconv_launch.argtypes = ([ctypes.c_uint] * 6
-                                         + [ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint])
+                                         + [ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint,
+                                            ctypes.c_void_p])
     return library
+
+
+@functools.lru_cache(maxsize=None)
+def _block_threads_runner(sanitize: bool) -> int:
+    """Address of the concurrent block runner (``emulator/runtime.cpp``), built once."""
+    runtime = _built(lambda out: _runtime_command(out, sanitize),
+                     [_EMULATOR_DIR / "runtime.cpp"])
+    return ctypes.cast(runtime.gpu_tconv_run_block_threads, ctypes.c_void_p).value
 
 
 def run_plan(plan: launch.LaunchPlan, arrays: tuple[np.ndarray | int | None, ...],
@@ -103,20 +142,32 @@ def run_plan(plan: launch.LaunchPlan, arrays: tuple[np.ndarray | int | None, ...
     An entry may also be a raw address (an int). ``first_block`` skips the blocks
     before it, for tests that run only the end of a huge grid.
     """
+    if plan.shared_bytes:
+        raise ValueError("the emulator runs static __shared__ arrays only, not dynamic "
+                         f"shared memory ({plan.shared_bytes} bytes requested)")
     values = [ctypes.c_void_p(a if a is None or isinstance(a, int) else a.ctypes.data)
               for a in arrays]
     values += [np.ctypeslib.as_ctypes_type(type(s))(s) for s in plan.scalars]
     args = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
     sanitize = os.environ.get("GPU_TCONV_EMULATOR_SANITIZE", "") not in ("", "0")
-    _library(plan.kernel, sanitize).gpu_tconv_launch(*plan.grid, *plan.block, args, first_block)
+    library = _library(plan.source, plan.kernel, plan.defines, sanitize)
+    runner = _block_threads_runner(sanitize) if plan.block_sync else None
+    status = library.gpu_tconv_launch(*plan.grid, *plan.block, args, first_block, runner)
+    if status != 0:
+        raise RuntimeError(f"{plan.kernel} called __syncthreads() under the sequential "
+                           "runner, so its result is meaningless: its plan must set block_sync")
 
 
 def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                   geometry: Geometry, *, index_bits: int | None = None) -> np.ndarray:
-    """Emulated twin of :func:`gpu_tconv.cuda_backend.conv_transpose` (NumPy arrays)."""
+                   geometry: Geometry, *, index_bits: int | None = None,
+                   variant: str = "auto") -> np.ndarray:
+    """Emulated twin of :func:`gpu_tconv.cuda_backend.conv_transpose` (NumPy arrays).
+
+    ``variant`` names the kernel variant (for tests; see :mod:`gpu_tconv.variants`).
+    """
     x = np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
     bias = None if bias is None else np.ascontiguousarray(bias)
     y = np.empty(geometry.out_shape, x.dtype)
-    run_plan(launch.plan(geometry, x.dtype, index_bits), (x, weight, bias, y))
+    run_plan(launch.plan(geometry, x.dtype, index_bits, variant), (x, weight, bias, y))
     return y

@@ -1,26 +1,32 @@
-"""The launch description of the gather kernel, shared by the CUDA and emulated backends.
+"""The launch description of the gather kernels, shared by the CUDA and emulated backends.
 
-Everything about a launch except the launch call itself (which kernel instantiation,
-the grid, the block and the scalar arguments) is decided here, in plain Python, so
-that a CPU-only test of the emulated backend covers it.
+Everything about a launch except the launch call itself (which source file and kernel
+instantiation, its compile-time definitions, the grid, the block, the shared memory and
+the scalar arguments) is decided here, in plain Python, so that a CPU-only test of the
+emulated backend covers it. Which variant runs is :mod:`gpu_tconv.variants`' choice.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from . import variants
 from .geometry import Geometry
+from .variants import padded as _padded  # every rank runs as 3-D
 
 KERNEL_FILE = "conv_transpose.cu"
 #: The kernels of KERNEL_FILE: the forward pass and the two gradients it can compute.
 KERNEL_NAMES = {"forward": "gpu_tconv::conv_transpose_gather",
                 "grad_input": "gpu_tconv::conv_transpose_grad_input",
                 "grad_weight": "gpu_tconv::conv_transpose_grad_weight"}
+FORWARD_KERNEL = KERNEL_NAMES["forward"]
+#: Kernels with a third template argument, the layout (bool CHANNELS_LAST).
+LAYOUT_TEMPLATED = frozenset(KERNEL_NAMES.values())
 
 #: Kernel template argument for each element type.
 C_TYPES = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float",
@@ -28,7 +34,7 @@ C_TYPES = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float",
 #: Kernel template argument and NumPy scalar type for each index width.
 INDEX_TYPES = {32: ("int", np.int32), 64: ("long long", np.int64)}
 
-BLOCK_SIZE = 256
+BLOCK_SIZE = variants.VARIANTS["simple"].block
 # A grid-stride loop covers outputs beyond this many blocks; the cap keeps the grid
 # far below CUDA's 2**31 - 1 limit on gridDim.x.
 MAX_BLOCKS = 1 << 20
@@ -36,11 +42,13 @@ _INT32_MAX = 2**31 - 1
 
 
 def kernel_source_path(name: str = KERNEL_FILE) -> Path:
-    """Path of a kernel source file.
+    """Path of a kernel source file (an absolute path is taken as it is).
 
     Wheels carry the sources in ``gpu_tconv/kernels/``; a source checkout (editable
     install or ``PYTHONPATH``) has them in the top-level ``kernels/`` folder.
     """
+    if Path(name).is_absolute():
+        return Path(name)
     packaged = resources.files("gpu_tconv").joinpath("kernels", name)
     if packaged.is_file():
         return Path(str(packaged))
@@ -51,33 +59,55 @@ def kernel_source_path(name: str = KERNEL_FILE) -> Path:
                             f"(looked in {packaged} and {checkout})")
 
 
-def kernel_expression(dtype: np.dtype, index_bits: int, channels_last: bool = False,
-                      kind: str = "forward") -> str:
+def kernel_expression(dtype: np.dtype, index_bits: int, name: str = FORWARD_KERNEL,
+                      channels_last: bool = False) -> str:
     """The C++ name of one kernel instantiation, as NVRTC and the host compiler see it."""
-    return (f"{KERNEL_NAMES[kind]}<{C_TYPES[np.dtype(dtype)]}, {INDEX_TYPES[index_bits][0]}, "
-            f"{'true' if channels_last else 'false'}>")
+    args = [C_TYPES[np.dtype(dtype)], INDEX_TYPES[index_bits][0]]
+    if name in LAYOUT_TEMPLATED:
+        args.append("true" if channels_last else "false")
+    return f"{name}<{', '.join(args)}>"
 
 
-def all_kernel_expressions() -> list[str]:
-    """Every instantiation the package may launch (for compile checks)."""
-    return [kernel_expression(d, b, cl, kind) for kind in KERNEL_NAMES for d in C_TYPES
-            for b in INDEX_TYPES for cl in (False, True)]
+def all_kernel_expressions(name: str = FORWARD_KERNEL) -> list[str]:
+    """Every instantiation of one kernel template (for compile checks)."""
+    layouts = (False, True) if name in LAYOUT_TEMPLATED else (False,)
+    return [kernel_expression(d, b, name, cl) for d in C_TYPES for b in INDEX_TYPES
+            for cl in layouts]
+
+
+Defines = tuple[tuple[str, int], ...]
+
+
+def kernel_code(source: str, defines: Defines = ()) -> str:
+    """The text a compiler gets for ``source`` with ``defines``: the ``#define`` lines,
+    then the file (numbered from its own first line, so messages point into it)."""
+    path = kernel_source_path(source)
+    head = "".join(f"#define {name} {value}\n" for name, value in defines)
+    return f'{head}#line 1 "{path.name}"\n{path.read_text()}'
 
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """One kernel launch: ``kernel(grid, block, (x, w, bias, y, *scalars))``."""
+    """One kernel launch: ``kernel(grid, block, (x, w, bias, y, *scalars), shared_bytes)``.
+
+    ``kernel`` is an instantiation of a template in the file ``source`` compiled with
+    ``defines`` (the three are the compile-time inputs, and the key of every compile
+    cache). ``shared_bytes`` is the dynamic shared memory of the launch (every variant
+    so far sizes its shared memory statically, so it is 0). ``block_sync``: the
+    kernel's threads share memory and meet at ``__syncthreads()``, so the emulator runs
+    a block's threads concurrently.
+    """
 
     kernel: str
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     scalars: tuple[np.generic, ...]
     index_bits: int
-
-
-def _padded(values: tuple[int, ...], fill: int) -> tuple[int, ...]:
-    # Every rank runs as 3-D: missing leading dimensions are trivial ones.
-    return (fill,) * (3 - len(values)) + tuple(values)
+    source: str = KERNEL_FILE
+    defines: Defines = ()
+    shared_bytes: int = 0
+    block_sync: bool = False
+    variant: str = "simple"
 
 
 def _tap_inverse(stride: int, dilation: int) -> tuple[int, int]:
@@ -87,12 +117,15 @@ def _tap_inverse(stride: int, dilation: int) -> tuple[int, int]:
     return g, (pow(dilation // g, -1, step) if step > 1 else 0)
 
 
-def _needs_64_bit(geometry: Geometry, reach: int) -> bool:
-    """Whether some index could pass 2**31 - 1; ``reach`` is the largest index the
-    grid-stride loop forms (elements written plus the threads launched)."""
+def _needs_64_bit(geometry: Geometry, reach: int, work: int = 0) -> bool:
+    """Whether some index the kernel computes may pass 2**31 - 1. ``reach`` is the
+    largest index the grid-stride loop forms (elements written plus the threads
+    launched); ``work`` the largest other work counter (the tiled kernels count blocks
+    and threads of the phase grid)."""
     g = geometry
     largest = max(
         reach,
+        work,
         g.batch * g.c_in * math.prod(g.in_size),
         g.c_in * g.c_out_per_group * math.prod(g.kernel),
         g.batch * g.c_out * math.prod(g.out_size),
@@ -104,20 +137,27 @@ def _needs_64_bit(geometry: Geometry, reach: int) -> bool:
 
 
 def plan(geometry: Geometry, dtype: np.dtype, index_bits: int | None = None,
-         kind: str = "forward") -> LaunchPlan:
+         variant: str = "auto", kind: str = "forward") -> LaunchPlan:
     """Describe the launch of one kernel for ``geometry``.
 
     ``kind`` is ``"forward"`` (arrays x, w, bias, y), ``"grad_input"`` (dy, w, dx) or
-    ``"grad_weight"`` (x, dy, dw); ``index_bits`` forces 32- or 64-bit indices. One
-    thread per element written, in a grid-stride loop.
+    ``"grad_weight"`` (x, dy, dw); ``index_bits`` forces 32- or 64-bit indices;
+    ``variant`` names a forward kernel variant (see :data:`gpu_tconv.variants.VARIANTS`;
+    the gradients have one kernel each, of the ``simple`` kind).
     """
     g = geometry
     total = {"forward": g.batch * g.c_out * math.prod(g.out_size),
              "grad_input": g.batch * g.c_in * math.prod(g.in_size),
              "grad_weight": g.c_in * g.c_out_per_group * math.prod(g.kernel)}[kind]
-    blocks = max(1, min(MAX_BLOCKS, -(-total // BLOCK_SIZE)))
+    if kind == "forward":
+        chosen = variants.resolve(variant, g, dtype)
+    else:
+        chosen = replace(variants.VARIANTS["simple"], kernel=KERNEL_NAMES[kind])
+    work_blocks = chosen.blocks(g) if kind == "forward" else -(-total // chosen.block)
+    blocks = max(1, min(MAX_BLOCKS, work_blocks))
     if index_bits is None:
-        index_bits = 64 if _needs_64_bit(g, total + blocks * BLOCK_SIZE) else 32
+        work = (work_blocks + blocks) * chosen.block if chosen.tiled else 0
+        index_bits = 64 if _needs_64_bit(g, total + blocks * chosen.block, work) else 32
     index = INDEX_TYPES[index_bits][1]
 
     values = (
@@ -131,6 +171,8 @@ def plan(geometry: Geometry, dtype: np.dtype, index_bits: int | None = None,
                    + _padded(tuple(inv for _, inv in inverses), 0))
     elif kind == "grad_weight":
         values += (g.batch,)
-    return LaunchPlan(kernel=kernel_expression(dtype, index_bits, g.channels_last, kind),
-                      grid=(blocks, 1, 1), block=(BLOCK_SIZE, 1, 1),
-                      scalars=tuple(index(v) for v in values), index_bits=index_bits)
+    return LaunchPlan(kernel=kernel_expression(dtype, index_bits, chosen.kernel, g.channels_last),
+                      grid=(blocks, 1, 1), block=(chosen.block, 1, 1),
+                      scalars=tuple(index(v) for v in values), index_bits=index_bits,
+                      source=chosen.source, defines=chosen.defines(g),
+                      block_sync=chosen.block_sync, variant=chosen.name)

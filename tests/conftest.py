@@ -1,10 +1,11 @@
 import os
+import subprocess
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 import gpu_tconv
-from gpu_tconv import cuda_backend
+from gpu_tconv import cuda_backend, emulated_backend
 
 settings.register_profile("default", deadline=None, max_examples=40,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -37,3 +38,21 @@ def _emulator_cache(tmp_path_factory):
     if "GPU_TCONV_CACHE_DIR" not in os.environ:
         os.environ["GPU_TCONV_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
     assert "emulated" in gpu_tconv.available_backends(), "the emulated backend must run in CI"
+
+
+@pytest.fixture
+def emulator_builds(monkeypatch, tmp_path):
+    """The command of every emulated kernel build during the test, which starts from an
+    empty build cache, on disk and in the process."""
+    monkeypatch.setenv("GPU_TCONV_CACHE_DIR", str(tmp_path))
+    emulated_backend._library.cache_clear()
+    builds = []
+    real_run = subprocess.run
+
+    def counting_run(command, *args, **kwargs):
+        builds.append(command)
+        return real_run(command, *args, **kwargs)
+
+    monkeypatch.setattr(emulated_backend.subprocess, "run", counting_run)
+    yield builds
+    emulated_backend._library.cache_clear()

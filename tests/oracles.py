@@ -90,20 +90,36 @@ def convolution_matrix(p: Problem, out_size: tuple[int, ...]) -> np.ndarray:
     return c
 
 
+# (kernel, stride, dilation) per dimension for tests of the specialized kernel variants,
+# each a single build: the most unrolled row (8 taps); gcd(stride, dilation) = 2, so
+# half the phases have no tap; a stride above the kernel size, and dilation, in 3-D.
+SPECIALIZATIONS = [
+    ((8, 1, 1),),
+    ((3, 2, 2), (4, 2, 1)),
+    ((2, 3, 1), (3, 2, 1), (3, 1, 2)),
+]
+
+
 @st.composite
-def problems(draw, ranks=(1, 2, 3), max_batch=2, bias=None, max_channels=3) -> Problem:
+def problems(draw, ranks=(1, 2, 3), max_batch=2, bias=None, max_channels=3,
+             kernel_stride_dilation=None) -> Problem:
     """Random valid problems: every parameter in play, sizes small enough for the emulator.
 
-    ``max_channels`` bounds the input and output channels per group.
+    ``max_channels`` bounds the input and output channels per group;
+    ``kernel_stride_dilation``, one ``(kernel, stride, dilation)`` per spatial dimension,
+    fixes those (and the rank) and leaves the rest random.
     """
-    rank = draw(st.sampled_from(ranks))
+    fixed = kernel_stride_dilation
+    rank = len(fixed) if fixed else draw(st.sampled_from(ranks))
     groups = draw(st.integers(1, 3))
     cin_g, cout_g = draw(st.integers(1, max_channels)), draw(st.integers(1, max_channels))
     max_in = {1: 9, 2: 6, 3: 4}[rank]
     dims = []
-    for _ in range(rank):
+    for axis in range(rank):
         s, d = draw(st.integers(1, 4)), draw(st.integers(1, 3))
         k, n_in, pad = draw(st.integers(1, 4)), draw(st.integers(1, max_in)), draw(st.integers(0, 4))
+        if fixed:
+            k, s, d = fixed[axis]
         op = draw(st.integers(0, max(s, d) - 1))
         assume((n_in - 1) * s - 2 * pad + d * (k - 1) + op + 1 >= 1)
         dims.append((s, d, k, n_in, pad, op))

@@ -6,6 +6,8 @@ import pytest
 
 import gpu_tconv
 from conftest import requires_gpu
+from gpu_tconv import cuda_backend, variants
+from gpu_tconv.geometry import geometry_from_shapes
 from gpu_tconv.reference import conv_transpose_reference
 
 pytestmark = requires_gpu
@@ -70,3 +72,36 @@ def test_emulated_and_gpu_agree(cupy):
     gpu = gpu_tconv.conv_transpose3d(cupy.asarray(x), cupy.asarray(w), **kw).get()
     emulated = gpu_tconv.conv_transpose3d(x, w, **kw, backend="emulated")
     np.testing.assert_allclose(gpu, emulated, rtol=1e-13, atol=1e-13)
+
+
+# --- the kernel variants on the GPU -------------------------------------------------------
+
+_VARIANT_CASES = [
+    # DCGAN-like: stride 2, channels over several tiles, odd width (unaligned rows).
+    ((2, 19, 9, 11), (19, 12, 4, 4), dict(stride=2, padding=1)),
+    # Vocoder-like 1-D upsampler and an FCN-like depthwise bilinear one.
+    ((2, 16, 40), (16, 8, 16), dict(stride=8, padding=4)),
+    ((2, 6, 12, 12), (6, 1, 4, 4), dict(stride=2, padding=1, groups=6)),
+    # Stride 1 (vector stores), dilation, groups, output_padding, 3-D.
+    ((2, 8, 5, 6, 8), (8, 5, 3, 3, 3), dict(padding=1, dilation=(1, 2, 1), groups=2)),
+    ((1, 9, 6, 7), (9, 4, 3, 5), dict(stride=(3, 2), padding=(2, 1), output_padding=(1, 1))),
+]
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-4), (np.float16, 2e-2)])
+@pytest.mark.parametrize("name", list(variants.VARIANTS))
+def test_every_variant_on_the_gpu(cupy, name, dtype, tol):
+    rng = np.random.default_rng(11)
+    for x_shape, w_shape, kw in _VARIANT_CASES:
+        x = rng.standard_normal(x_shape).astype(dtype)
+        w = rng.standard_normal(w_shape).astype(dtype)
+        b = rng.standard_normal(w_shape[1] * kw.get("groups", 1)).astype(dtype)
+        g = geometry_from_shapes(x.shape, w.shape, b.shape, **kw)
+        y = cuda_backend.conv_transpose(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b), g,
+                                        variant=name)
+        expected = conv_transpose_reference(x, w, b, **kw)
+        scale = conv_transpose_reference(np.abs(x), np.abs(w), np.abs(b), **kw)
+        assert np.all(np.abs(y.get() - expected) <= tol * (scale + 1)), (name, x_shape)
+        again = cuda_backend.conv_transpose(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b),
+                                            g, variant=name)
+        assert again.get().tobytes() == y.get().tobytes()  # deterministic

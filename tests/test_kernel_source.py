@@ -1,6 +1,6 @@
-"""The CUDA source, proven without a GPU: it compiles for every target architecture,
-and the same unmodified source, built for the CPU, computes the right numbers over
-its whole launch grid."""
+"""The CUDA source, proven without a GPU: every variant compiles for every target
+architecture, and the same unmodified source, built for the CPU, computes the right
+numbers over its whole launch grid."""
 
 import importlib.util
 import re
@@ -13,27 +13,40 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gpu_tconv
-from gpu_tconv import cuda_backend, emulated_backend, launch
+from gpu_tconv import col2im, cuda_backend, emulated_backend, launch, variants
 from gpu_tconv.geometry import geometry_from_shapes
 from gpu_tconv.reference import conv_transpose_reference
 from conftest import require_toolchain
 from oracles import Problem, assert_close, problems
 
 ARCHITECTURES = [75, 80, 90, 120]
+# Every variant at its largest specialization: 3-D (the most index arithmetic) with as
+# many taps along the row as the specialized variants unroll.
+WORST_CASE = geometry_from_shapes((1, 1, 2, 2, 9), (1, 1, 2, 2, variants.MAX_UNROLLED_TAPS))
+# Source, compile-time definitions and every instantiation of each kernel: the variants,
+# and the col2im kernel of the GPU benchmark's GEMM + col2im peer.
+UNITS = {name: (v.source, v.defines(WORST_CASE), launch.all_kernel_expressions(v.kernel))
+         for name, v in variants.VARIANTS.items()}
+UNITS["col2im"] = (col2im.SOURCE, (), [f"gpu_tconv::col2im<{t}>" for t in launch.C_TYPES.values()])
+UNITS["gradients"] = (launch.KERNEL_FILE, (),
+                      launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_input"])
+                      + launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_weight"]))
+COMPILE_CASES = [(arch, name) for arch in ARCHITECTURES for name in UNITS]
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_compiles_with_nvrtc_as_cupy_does(arch):
+@pytest.mark.parametrize("arch, name", COMPILE_CASES)
+def test_compiles_with_nvrtc_as_cupy_does(arch, name):
     require_toolchain(importlib.util.find_spec("cupy") is not None,
                       "the NVRTC compile check needs CuPy (pip install .[cuda])")
     from cupy._core.core import assemble_cupy_compiler_options
     from cupy.cuda import nvrtc
 
-    options = assemble_cupy_compiler_options(cuda_backend.COMPILE_OPTIONS) + (f"-arch=sm_{arch}",)
-    program = nvrtc.createProgram(launch.kernel_source_path().read_text(), "conv_transpose.cu",
-                                  [], [])
+    source, defines, expressions = UNITS[name]
+    options = (assemble_cupy_compiler_options(cuda_backend.compile_options(source))
+               + (f"-arch=sm_{arch}",))
+    program = nvrtc.createProgram(launch.kernel_code(source, defines), source, [], [])
     try:
-        for expression in launch.all_kernel_expressions():
+        for expression in expressions:
             nvrtc.addNameExpression(program, expression)
         try:
             nvrtc.compileProgram(program, options)
@@ -41,27 +54,29 @@ def test_compiles_with_nvrtc_as_cupy_does(arch):
             log = nvrtc.getProgramLog(program).strip("\0 \n")
         assert log == "", log
         assert len(nvrtc.getCUBIN(program)) > 0
-        for expression in launch.all_kernel_expressions():
+        for expression in expressions:
             assert nvrtc.getLoweredName(program, expression).startswith("_Z")
     finally:
         nvrtc.destroyProgram(program)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_compiles_with_nvcc_without_spills(arch, tmp_path):
+@pytest.mark.parametrize("arch, name", COMPILE_CASES)
+def test_compiles_with_nvcc_without_spills(arch, name, tmp_path):
     require_toolchain(shutil.which("nvcc") is not None, "nvcc is not on the PATH")
+    source, defines, expressions = UNITS[name]
     # Taking each instantiation's address makes nvcc generate its device code.
     unit = tmp_path / "instances.cu"
-    unit.write_text(f'#include "{launch.kernel_source_path()}"\n'
+    unit.write_text("".join(f"#define {k} {v}\n" for k, v in defines)
+                    + f'#include "{launch.kernel_source_path(source)}"\n'
                     "void* gpu_tconv_instances[] = {\n"
-                    + "".join(f"    (void*)&{e},\n" for e in launch.all_kernel_expressions())
+                    + "".join(f"    (void*)&{e},\n" for e in expressions)
                     + "};\n")
     done = subprocess.run(["nvcc", "-cubin", f"-arch=sm_{arch}", "-Xptxas", "-v", "-o",
                            str(tmp_path / "out.cubin"), str(unit)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     reports = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", done.stderr)
-    assert len(reports) == len(launch.all_kernel_expressions()), done.stderr
+    assert len(reports) == len(expressions), done.stderr
     assert all(stores == loads == "0" for stores, loads in reports), done.stderr
 
 

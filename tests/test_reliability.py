@@ -181,17 +181,7 @@ def test_batch_chunk_fits_free_memory_or_names_the_bytes():
 # --- concurrency --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_many_threads_at_once(backend, monkeypatch, tmp_path):
-    monkeypatch.setenv("GPU_TCONV_CACHE_DIR", str(tmp_path))
-    emulated_backend._library.cache_clear()
-    builds = []
-    real_run = subprocess.run
-
-    def counting_run(command, *args, **kwargs):
-        builds.append(command)
-        return real_run(command, *args, **kwargs)
-
-    monkeypatch.setattr(emulated_backend.subprocess, "run", counting_run)
+def test_many_threads_at_once(backend, emulator_builds):
     rng = np.random.default_rng(14)
     jobs = []
     for i in range(24):
@@ -216,8 +206,7 @@ def test_many_threads_at_once(backend, monkeypatch, tmp_path):
     for (x, w, kw), y in zip(jobs, results):
         assert_close(y, conv_transpose_reference(x, w, **kw), Problem(x, w, None, kw), x.dtype)
     if backend == "emulated":  # three dtypes, one index width: each built exactly once
-        assert len(builds) == 3, builds
-    emulated_backend._library.cache_clear()
+        assert len(emulator_builds) == 3, emulator_builds
 
 
 def test_two_processes_building_the_same_library(tmp_path):

@@ -1,5 +1,6 @@
-"""The emulated kernel under AddressSanitizer and UBSan: no out-of-bounds access, no
-undefined behaviour, over random problems of every rank and both index widths."""
+"""The emulated kernels under AddressSanitizer and UBSan: no out-of-bounds access, no
+undefined behaviour (misaligned vector accesses included), over random problems of
+every rank and both index widths, for every variant."""
 
 import os
 import subprocess
@@ -40,6 +41,29 @@ CHECKS = textwrap.dedent("""
         assert dx.shape == p.x.shape and dw.shape == p.weight.shape
 
     check()
+
+    # The tiled variants: every dtype (each has its own vector type), 32-bit indices
+    # (where an overflow would be undefined) and 64-bit ones; one build each.
+    from gpu_tconv import variants
+    from oracles import SPECIALIZATIONS
+
+    kinds = [(np.float64, 32), (np.float16, 32), (np.float32, 64)]
+    for name, v in variants.VARIANTS.items():
+        for i, (dtype, bits) in enumerate(kinds if v.tiled else []):
+            fixed = SPECIALIZATIONS[i % len(SPECIALIZATIONS)] if v.specialized else None
+
+            @settings(max_examples=4, deadline=None, database=None)
+            @given(p=problems(max_channels=10, kernel_stride_dilation=fixed))
+            def check_variant(p):
+                p = p.astype(dtype)
+                g = geometry_from_shapes(p.x.shape, p.weight.shape,
+                                         None if p.bias is None else p.bias.shape, **p.params)
+                y = emulated_backend.conv_transpose(p.x, p.weight, p.bias, g, index_bits=bits,
+                                                    variant=name)
+                expected = conv_transpose_reference(p.x, p.weight, p.bias, **p.params)
+                assert np.allclose(y, expected, rtol=2e-2, atol=2e-2), name
+
+            check_variant()
     print("sanitized run clean")
 """)
 

@@ -10,11 +10,46 @@
 #define __forceinline__ inline __attribute__((always_inline))
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+
+// __shared__ arrays are one per block, seen by all its threads. The launcher
+// runs the blocks of a launch one after another (and launches of a kernel that
+// synchronizes one at a time), so a function-local static is exactly that:
+// one instance, reused by each block in turn. Not thread_local: that would
+// give every thread its own copy.
+#define __shared__ static
 
 struct dim3 {
     unsigned int x = 1, y = 1, z = 1;
 };
 
-// thread_local so that concurrent launches from several host threads do not
-// see each other's coordinates.
+// thread_local so that concurrent launches from several host threads, and the
+// threads of one block, each see their own coordinates.
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+// The built-in vector types the kernels use, with CUDA's sizes and alignments
+// (UBSan then reports a misaligned vector access as the GPU would fault).
+struct __attribute__((aligned(8))) float2 { float x, y; };
+struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
+struct __attribute__((aligned(16))) double2 { double x, y; };
+
+// Loads through the read-only cache are plain loads on the CPU.
+template <typename T>
+inline T __ldg(const T* p) { return *p; }
+
+// __syncthreads(): the block's barrier when the concurrent runner runs the
+// block's threads (runtime.cpp provides the barrier and its wait function).
+// Under the sequential runner there is no barrier to wait at, so the call is
+// recorded and the launch reported as invalid rather than computed wrongly in
+// silence.
+inline thread_local void (*gpu_tconv_barrier_wait)(void*) = nullptr;
+inline thread_local void* gpu_tconv_barrier = nullptr;
+inline thread_local bool gpu_tconv_unsynchronized = false;
+
+inline void __syncthreads() {
+    if (gpu_tconv_barrier_wait != nullptr) {
+        gpu_tconv_barrier_wait(gpu_tconv_barrier);
+    } else {
+        gpu_tconv_unsynchronized = true;
+    }
+}
