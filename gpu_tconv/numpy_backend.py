@@ -7,8 +7,7 @@ For each phase, the taps that write to it are contracted with the input in one B
 call per group (``taps*C_out/G x C_in/G`` by ``C_in/G x batch*pixels``); their
 contributions are added into a contiguous accumulator with plain slice additions, and
 the accumulator is written into the strided output positions of the phase once.
-Layers with one input channel per group (depthwise) skip BLAS: each tap is a
-broadcast multiply-add. There is no zero insertion, no strided scatter and no Python
+There is no zero insertion, no strided scatter and no Python
 loop over pixels, samples or channels; Python loops run over phases and taps only.
 
 Memory: temporaries (the columns of all of a phase's taps, the accumulator, a
@@ -45,8 +44,9 @@ TEMP_BUDGET_BYTES = 32 * 2**20
 #: columns), so the pixels are cut into tiles of this many columns, the last one
 #: zero-padded, and every tile is a GEMM of the same shape: an output's value then does
 #: not depend on where it lies, on the batch chunking or on the input's extent. A
-#: multiple of every micro-kernel width.
-GEMM_TILE = 512
+#: multiple of every micro-kernel width, and wide enough that BLAS runs near its peak
+#: even with few input channels (short dot products).
+GEMM_TILE = 2048
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class _Tap:
     flat: int                          # index into the flattened kernel taps
     dst: tuple[slice, ...] | None      # per dimension: where it lands in the phase lattice
     src: tuple[slice, ...] | None      # per dimension: which inputs it takes (None: none)
+    shift: tuple[int, ...]             # per dimension: lattice index - input index
 
 
 @dataclass(frozen=True)
@@ -79,17 +80,19 @@ def _phases(g: Geometry) -> tuple[_Phase, ...]:
                 size = phases[phase][0]
                 lo, hi = max(0, shift), min(size, n_in + shift)
                 reach = (slice(lo, hi), slice(lo - shift, hi - shift)) if lo < hi else None
-                phases[phase][1].append((tap, reach))
+                phases[phase][1].append((tap, reach, shift))
         per_dim.append([(r, size, taps) for r, (size, taps) in phases.items()])
     result = []
     for combo in itertools.product(*per_dim):
         taps = []
         for pick in itertools.product(*(taps for _, _, taps in combo)):
-            flat = int(np.ravel_multi_index([t for t, _ in pick], g.kernel))
-            if all(reach is not None for _, reach in pick):
-                taps.append(_Tap(flat, tuple(r[0] for _, r in pick), tuple(r[1] for _, r in pick)))
+            flat = int(np.ravel_multi_index([t for t, _, _ in pick], g.kernel))
+            shift = tuple(q for _, _, q in pick)
+            if all(reach is not None for _, reach, _ in pick):
+                taps.append(_Tap(flat, tuple(r[0] for _, r, _ in pick),
+                                 tuple(r[1] for _, r, _ in pick), shift))
             else:
-                taps.append(_Tap(flat, None, None))
+                taps.append(_Tap(flat, None, None, shift))
         result.append(_Phase(first=tuple(r for r, _, _ in combo),
                              size=tuple(n for _, n, _ in combo), taps=tuple(taps)))
     return tuple(result)
@@ -102,12 +105,10 @@ def choose_method(g: Geometry) -> str:
     pixel and tap) into the accumulator: about 3 C_out memory passes per pixel and tap;
     ``gather`` first copies each tap's shifted input (C_in values per output pixel of a
     phase, about one per input pixel) and then multiplies, writing every output once:
-    about 2 C_in. Depthwise layers use broadcast multiply-adds instead of BLAS. The
+    about 2 C_in (depthwise layers included: their GEMMs are short, but few). The
     choice depends on channels only, never on sizes, so that any slice of a problem is
     computed the same way as the whole (see :data:`GEMM_TILE`).
     """
-    if g.c_in_per_group == 1:
-        return "depthwise"
     return "gather" if 2 * g.c_in < 3 * g.c_out else "scatter"
 
 
@@ -115,8 +116,8 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                    geometry: Geometry, method: str | None = None) -> np.ndarray:
     """NumPy twin of :func:`gpu_tconv.cuda_backend.conv_transpose` (NumPy arrays).
 
-    ``method`` forces a formulation (``"scatter"``, ``"gather"``, ``"depthwise"``, the
-    last for one input channel per group only); by default :func:`choose_method` picks.
+    ``method`` forces a formulation (``"scatter"`` or ``"gather"``); by default
+    :func:`choose_method` picks.
     """
     g = geometry
     if method is None:
@@ -163,8 +164,7 @@ def _per_sample(g: Geometry, method: str) -> int:
     lattice = max(math.prod(ph.size) for ph in phases)
     pixels = math.prod(g.in_size)
     most_taps = max(len(ph.taps) for ph in phases)
-    taps = {"scatter": most_taps * g.c_out * pixels, "gather": most_taps * g.c_in * lattice,
-            "depthwise": g.c_out * pixels}[method]
+    taps = {"scatter": most_taps * g.c_out * pixels, "gather": most_taps * g.c_in * lattice}[method]
     return g.c_out * lattice + g.c_in * pixels + taps
 
 
@@ -239,11 +239,20 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
 
     # Temporaries are allocated once and reused for every phase and chunk (fresh memory
     # costs page faults that rival the arithmetic), with the columns padded to whole tiles.
-    x_buf = np.zeros((groups, cin_g, _padded(chunk * pixels)), compute)
+    if method == "scatter":  # (G, C_in/G, columns): the GEMM's right-hand side
+        x_buf = np.zeros((groups, cin_g, _padded(chunk * pixels)), compute)
+    else:
+        # (G, C_in/G, nb, *in with borders): zero borders wide enough that every tap's
+        # shifted input is one plain slice of it, zeros where the tap reaches nothing.
+        low = [max([0] + [t.shift[a] for ph in phases for t in ph.taps]) for a in range(rank)]
+        high = [max([0] + [ph.size[a] - t.shift[a] - g.in_size[a]
+                           for ph in phases for t in ph.taps]) for a in range(rank)]
+        x_buf = np.zeros((groups, cin_g, chunk) + tuple(
+            lo + n + hi for lo, n, hi in zip(low, g.in_size, high)), compute)
+        interior = tuple(slice(lo, lo + n) for lo, n in zip(low, g.in_size))
     acc_buf = np.empty(g.c_out * _padded(chunk * lattice), compute)
-    taps_buf = np.empty(max(most_taps * g.c_out * _padded(chunk * pixels),
-                            most_taps * g.c_in * _padded(chunk * lattice))
-                        if method != "depthwise" else g.c_out * chunk * pixels, compute)
+    taps_buf = np.empty(most_taps * (g.c_out * _padded(chunk * pixels) if method == "scatter"
+                                     else g.c_in * _padded(chunk * lattice)), compute)
     every = (slice(None),) * 3
 
     def tiled(a: np.ndarray) -> np.ndarray:
@@ -252,10 +261,15 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
 
     for n0 in range(0, g.batch, chunk):
         nb = min(chunk, g.batch - n0)
-        # (G, C_in/G, nb, *in): the batch folded into the pixels, zero-padded to whole tiles.
-        x_cols = x_buf[:, :, :_padded(nb * pixels)]
-        x_cols[:, :, nb * pixels:] = 0
-        xt = x_cols[:, :, :nb * pixels].reshape((groups, cin_g, nb) + g.in_size)
+        if method == "scatter":
+            # (G, C_in/G, nb, *in): the batch folded into the pixels, zero-padded to whole
+            # tiles.
+            x_cols = x_buf[:, :, :_padded(nb * pixels)]
+            x_cols[:, :, nb * pixels:] = 0
+            xt = x_cols[:, :, :nb * pixels].reshape((groups, cin_g, nb) + g.in_size)
+        else:
+            x_pad = x_buf[:, :, :nb]
+            xt = x_pad[every + interior]
         np.copyto(xt, x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size)
                   .transpose((1, 2, 0) + tuple(range(3, 3 + rank))))
         for p, ph in enumerate(phases):
@@ -272,11 +286,9 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
                     (groups, len(ph.taps), cin_g, nb) + ph.size)
                 cols[:, :, nb * size:] = 0
                 for j, tap in enumerate(ph.taps):
-                    if tap.dst is None or any(d.stop - d.start < n
-                                              for d, n in zip(tap.dst, ph.size)):
-                        shifted[:, j].fill(0)
-                    if tap.dst is not None:
-                        shifted[(slice(None), j) + every[:2] + tap.dst] = xt[every + tap.src]
+                    # lattice index = input index + shift: a slice of the bordered input.
+                    np.copyto(shifted[:, j], x_pad[every + tuple(
+                        slice(lo - q, lo - q + n) for lo, q, n in zip(low, tap.shift, ph.size))])
                 np.matmul(lhs[p], tiled(cols), out=tiled(acc_cols))
             else:
                 acc.fill(0)
@@ -286,17 +298,10 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
                 np.matmul(lhs[p], tiled(x_cols), out=tiled(cols))
                 cols = cols[:, :, :nb * pixels].reshape(
                     (groups, len(ph.taps), cout_g, nb) + g.in_size)
-            for j, tap in enumerate(ph.taps):
-                if method == "gather" or tap.dst is None:
-                    continue
-                dst = acc[every + tap.dst]
-                if method == "depthwise":
-                    product = taps_buf[:dst.size].reshape(dst.shape)
-                    scale = w[:, tap.flat].reshape((groups, cout_g, 1) + (1,) * rank)
-                    np.multiply(xt[every + tap.src], scale, out=product)
-                    dst += product
-                else:
-                    dst += cols[(slice(None), j, slice(None), slice(None)) + tap.src]
+                for j, tap in enumerate(ph.taps):
+                    if tap.dst is not None:
+                        acc[every + tap.dst] += \
+                            cols[(slice(None), j, slice(None), slice(None)) + tap.src]
             if bias_init is not None:
                 acc += bias_init
             out = y[(slice(n0, n0 + nb), slice(None))

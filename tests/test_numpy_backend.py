@@ -34,7 +34,10 @@ def test_temporaries_stay_within_budget(monkeypatch):
     g = geometry_from_shapes(x.shape, w.shape, stride=2, padding=1)
     extra, y = _peak_temporaries(x, w, g)
     # One chunk's column block and accumulator, plus small per-tap views and the weight.
-    assert extra <= 2 * budget, extra
+    # The budget, plus what the backend documents beyond it: the zero padding of the last
+    # GEMM tile of each buffer (input, accumulator, the columns of a phase's 4 taps).
+    padding = numpy_backend.GEMM_TILE * (4 + 8 + 4 * 8) * 8
+    assert extra <= budget + padding, extra
     np.testing.assert_allclose(y[:2], conv_transpose_reference(x[:2], w, stride=2, padding=1),
                                rtol=1e-12, atol=1e-12)
 
@@ -52,28 +55,26 @@ def test_chunked_result_equals_unchunked(monkeypatch):
     assert chunked.tobytes() == whole.tobytes()
 
 
-@given(p=problems(), method=st.sampled_from(["scatter", "gather", "depthwise"]),
+@given(p=problems(), method=st.sampled_from(["scatter", "gather"]),
        budget=st.sampled_from([1, 4096, 8 * 2**20]),
        dtype=st.sampled_from([np.float64, np.float32, np.float16]))
 def test_every_formulation_and_chunking_is_right(p: Problem, method, budget, dtype):
     p = p.astype(dtype)
     g = geometry_from_shapes(p.x.shape, p.weight.shape, None if p.bias is None else p.bias.shape,
                              **p.params)
-    assume(method != "depthwise" or g.c_in_per_group == 1)
     with patch.object(numpy_backend, "TEMP_BUDGET_BYTES", budget):
         y = numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method=method)
     assert y.dtype == dtype
     assert_close(y, conv_transpose_reference(p.x, p.weight, p.bias, **p.params), p, dtype)
 
 
-@given(p=problems(), method=st.sampled_from(["scatter", "gather", "depthwise"]), data=st.data())
+@given(p=problems(), method=st.sampled_from(["scatter", "gather"]), data=st.data())
 def test_any_output_box_from_its_input_slice_is_bit_for_bit_the_whole(p: Problem, method, data):
     # What blockwise callers (output boxes here, Dask chunks) rely on: a box of the output,
     # computed from just the inputs that reach it, has the very bits of the whole result.
     p = p.astype(np.float32)
     g = geometry_from_shapes(p.x.shape, p.weight.shape, None if p.bias is None else p.bias.shape,
                              **p.params)
-    assume(method != "depthwise" or g.c_in_per_group == 1)
     whole = numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method=method)
     box = tuple(sorted(data.draw(st.lists(st.integers(0, n), min_size=2, max_size=2,
                                           unique=True))) for n in g.out_size)
