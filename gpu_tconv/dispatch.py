@@ -90,6 +90,14 @@ def _to_host(a):
     return a.get() if cuda_backend.is_device_array(a) else a
 
 
+def _to_device(a, device):
+    """A host result back on the device its input came from."""
+    import cupy
+
+    with device:
+        return cupy.asarray(a)
+
+
 def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, padding: Padding,
                    output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
                    backend: str, output_size=None, layout: str = "channels_first"):
@@ -112,12 +120,7 @@ def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, paddin
         y = np.empty(geometry.out_shape, dtype)
     else:
         y = _HOST_BACKENDS[name](x, weight, bias, geometry)
-    if x_on_device:
-        import cupy
-
-        with device:
-            return cupy.asarray(y)
-    return y
+    return _to_device(y, device) if x_on_device else y
 
 
 NEEDS = ("input", "weight", "bias")
@@ -180,8 +183,5 @@ def conv_transpose_backward(grad_output, x, weight, stride: IntOrTuple, padding:
     else:
         result = numpy_backward.conv_transpose_backward(*host, geometry, needs)
     if on_device:
-        import cupy
-
-        with x.device:
-            return tuple(None if r is None else cupy.asarray(r) for r in result)
+        return tuple(None if r is None else _to_device(r, x.device) for r in result)
     return result

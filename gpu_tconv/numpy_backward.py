@@ -63,7 +63,7 @@ def conv_transpose_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.n
     dx = np.empty(x.shape, dtype) if "input" in needs else None
     dw = np.zeros((groups, cin_g, cout_g) + g.kernel, compute) if "weight" in needs else None
     every = (slice(None),) * 3
-    for n0 in range(0, g.batch, chunk):
+    for n0 in range(0, g.batch, max(chunk, 1)):  # no iteration for an empty batch
         nb = min(chunk, g.batch - n0)
         dy_c = dy[n0:n0 + nb].astype(compute, copy=False).reshape(
             (nb, groups, cout_g) + g.out_size)

@@ -99,3 +99,11 @@ def test_kernel_gradients_are_deterministic(backend):
             for _ in range(2)]
     for a, b in zip(*runs):
         assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_gradients(backend):
+    x, w = np.zeros((0, 2, 3)), np.ones((2, 1, 2))
+    dy = np.zeros(gpu_tconv.output_shape(x.shape, w.shape, stride=2))
+    dx, dw, db = gpu_tconv.conv_transpose_backward(dy, x, w, stride=2, backend=backend)
+    assert dx.shape == x.shape and (dw == 0).all() and (db == 0).all()
