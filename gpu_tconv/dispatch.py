@@ -139,7 +139,7 @@ def _kernel_gradients(xp, run, dy, x, weight, geometry, needs):
     if "bias" in needs:
         axes = (0,) + tuple(range(1, 1 + geometry.rank) if geometry.channels_last
                             else range(2, 2 + geometry.rank))
-        db = dy.sum(axis=axes, dtype=np.float32 if dtype == np.float16 else dtype).astype(dtype)
+        db = dy.sum(axis=axes, dtype=numpy_backend.compute_dtype(dtype)).astype(dtype)
     return dx, dw, db
 
 

@@ -136,7 +136,7 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     else:
         y_view = y
     whole = (slice(None),) * 2
-    compute = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
+    compute = compute_dtype(x.dtype)
     # (G, taps, C_out/G, C_in/G): per tap, the matrix taking input to output channels;
     # made contiguous once, so that every phase takes its taps as whole slabs.
     w = np.ascontiguousarray(
@@ -151,6 +151,12 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
             else:
                 _compute(x[whole + in_box], w, bias, tile, method, y_view[whole + out_box])
     return y
+
+
+def compute_dtype(dtype) -> np.dtype:
+    """The type arithmetic runs in: float32 for float16 (as PyTorch accumulates), else
+    the dtype itself."""
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
 
 
 def _padded(n: int) -> int:

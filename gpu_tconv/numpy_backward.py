@@ -48,7 +48,7 @@ def conv_transpose_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.n
     """``(dx, dw, db)`` for NumPy arrays, ``None`` for what ``needs`` leaves out."""
     g = geometry
     dtype = x.dtype
-    compute = np.dtype(np.float32) if dtype == np.float16 else dtype
+    compute = numpy_backend.compute_dtype(dtype)
     groups, cin_g, cout_g = g.groups, g.c_in_per_group, g.c_out_per_group
     dy = _channels_first(grad_output, g)
     xs = _channels_first(x, g)

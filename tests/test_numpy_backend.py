@@ -4,7 +4,7 @@ import tracemalloc
 from unittest.mock import patch
 
 import numpy as np
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from gpu_tconv import numpy_backend

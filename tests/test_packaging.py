@@ -6,8 +6,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
-
 import gpu_tconv
 from gpu_tconv import launch
 
