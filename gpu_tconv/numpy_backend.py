@@ -137,11 +137,11 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
         y_view = y
     whole = (slice(None),) * 2
     compute = compute_dtype(x.dtype)
-    # (G, taps, C_out/G, C_in/G): per tap, the matrix taking input to output channels;
-    # made contiguous once, so that every phase takes its taps as whole slabs.
-    w = np.ascontiguousarray(
-        weight.astype(compute, copy=False).reshape(g.groups, g.c_in_per_group,
-                                                   g.c_out_per_group, -1).transpose(0, 3, 2, 1))
+    # (G, C_in/G, taps, C_out/G): each phase gathers its taps as whole rows of output
+    # channels, and BLAS reads the result transposed as it is (no transposing copy of
+    # the whole weight, which costs as much as a small layer).
+    w = np.ascontiguousarray(weight.astype(compute, copy=False).reshape(
+        g.groups, g.c_in_per_group, g.c_out_per_group, -1).swapaxes(2, 3))
     # NaN, infinities and float16 overflow are results here, as in PyTorch, not errors.
     with np.errstate(all="ignore"):
         for in_box, out_box, tile in _tiles(g, method, compute.itemsize):
@@ -163,15 +163,21 @@ def _padded(n: int) -> int:
     return -(-n // GEMM_TILE) * GEMM_TILE
 
 
-def _per_sample(g: Geometry, method: str) -> int:
-    """Elements of temporaries per sample of a batch chunk: the accumulator, the
-    transposed input, and the block of all of a phase's taps."""
+def _frame(g: Geometry) -> tuple[int, ...]:
+    """Per dimension, the extent of the layout shared by the input and every phase's
+    accumulator: the larger of the input and the largest phase lattice."""
     phases = _phases(g)
-    lattice = max(math.prod(ph.size) for ph in phases)
-    pixels = math.prod(g.in_size)
+    return tuple(max([n] + [ph.size[a] for ph in phases]) for a, n in enumerate(g.in_size))
+
+
+def _per_sample(g: Geometry, method: str) -> int:
+    """Elements of temporaries per sample of a batch chunk: every phase's accumulator,
+    the transposed input, and the block of all of a phase's taps, in the frame layout."""
+    frame = math.prod(_frame(g))
+    phases = _phases(g)
     most_taps = max(len(ph.taps) for ph in phases)
-    taps = {"scatter": most_taps * g.c_out * pixels, "gather": most_taps * g.c_in * lattice}[method]
-    return g.c_out * lattice + g.c_in * pixels + taps
+    return frame * (len(phases) * g.c_out + g.c_in
+                    + most_taps * (g.c_out if method == "scatter" else g.c_in))
 
 
 def _box(g: Geometry, box: tuple[tuple[int, int], ...]):
@@ -225,92 +231,148 @@ def _tiles(g: Geometry, method: str, itemsize: int):
 def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
              method: str, y: np.ndarray) -> None:
     """Compute the transposed convolution of ``g`` into the (possibly strided) view ``y``;
-    ``w`` is the weight as (G, taps, C_out/G, C_in/G), contiguous, in the compute type."""
+    ``w`` is the weight as (G, C_in/G, taps, C_out/G), contiguous, in the compute type.
+
+    The input and every phase's accumulator share one layout, (nb, *frame) flattened, so
+    that a tap's shift is one flat offset: moving a tap's block into place is a single
+    contiguous slice operation over whole rows, not a slice per dimension. What wraps
+    around a row's end lands in the wrong place; those elements are exactly the ones the
+    tap does not reach, and are zeroed first (a few thin slabs per tap).
+    """
     compute = w.dtype
-    groups, cin_g, cout_g = g.groups, g.c_in_per_group, g.c_out_per_group
-    pixels, rank = math.prod(g.in_size), g.rank
+    groups, cin_g, cout_g, rank = g.groups, g.c_in_per_group, g.c_out_per_group, g.rank
     phases = _phases(g)
-    lattice = max(math.prod(ph.size) for ph in phases)
+    frame = _frame(g)
+    pixels = math.prod(frame)
+    # Flat offset of one step along each dimension of the frame.
+    steps = [math.prod(frame[a + 1:]) for a in range(rank)]
     most_taps = max(len(ph.taps) for ph in phases)
     chunk = min(g.batch, max(1, TEMP_BUDGET_BYTES // compute.itemsize // _per_sample(g, method)))
 
-    bias_init = None if bias is None else \
-        bias.astype(compute).reshape((groups, cout_g, 1) + (1,) * rank)
-    # Per phase, all its taps stacked for one GEMM per group and column tile.
-    if method == "scatter":  # (G, 1, taps*C_out/G, C_in/G)
-        lhs = [w[:, [t.flat for t in ph.taps]].reshape(groups, 1, -1, cin_g) for ph in phases]
-    elif method == "gather":  # (G, 1, C_out/G, taps*C_in/G)
-        lhs = [np.ascontiguousarray(w[:, [t.flat for t in ph.taps]].transpose(0, 2, 1, 3))
-               .reshape(groups, 1, cout_g, -1) for ph in phases]
+    # Per phase, its taps stacked for one GEMM per group and column tile, as (G, 1, rows,
+    # columns): transposed views of the phase's taps (G, C_in/G, taps, C_out/G), which
+    # BLAS takes as they are. Rows (tap, C_out/G) by C_in/G for scatter; C_out/G by
+    # (C_in/G, tap) for gather.
+    taps_of = [w[:, :, [t.flat for t in ph.taps]] for ph in phases]
+    if method == "scatter":
+        lhs = [t.reshape(groups, cin_g, -1).swapaxes(1, 2)[:, None] for t in taps_of]
+    else:
+        lhs = [t.reshape(groups, -1, cout_g).swapaxes(1, 2)[:, None] for t in taps_of]
+    # The bias starts every scatter sum (+ 0 turns a -0.0 bias into 0.0, as the sum of
+    # no taps would be, so that the first tap's absence cannot change a sign).
+    init = np.zeros((), compute) if bias is None else \
+        bias.astype(compute).reshape(groups, cout_g, 1) + 0
 
     # Temporaries are allocated once and reused for every phase and chunk (fresh memory
-    # costs page faults that rival the arithmetic), with the columns padded to whole tiles.
-    if method == "scatter":  # (G, C_in/G, columns): the GEMM's right-hand side
-        x_buf = np.zeros((groups, cin_g, _padded(chunk * pixels)), compute)
-    else:
-        # (G, C_in/G, nb, *in with borders): zero borders wide enough that every tap's
-        # shifted input is one plain slice of it, zeros where the tap reaches nothing.
-        low = [max([0] + [t.shift[a] for ph in phases for t in ph.taps]) for a in range(rank)]
-        high = [max([0] + [ph.size[a] - t.shift[a] - g.in_size[a]
-                           for ph in phases for t in ph.taps]) for a in range(rank)]
-        x_buf = np.zeros((groups, cin_g, chunk) + tuple(
-            lo + n + hi for lo, n, hi in zip(low, g.in_size, high)), compute)
-        interior = tuple(slice(lo, lo + n) for lo, n in zip(low, g.in_size))
-    acc_buf = np.empty(g.c_out * _padded(chunk * lattice), compute)
-    taps_buf = np.empty(most_taps * (g.c_out * _padded(chunk * pixels) if method == "scatter"
-                                     else g.c_in * _padded(chunk * lattice)), compute)
-    every = (slice(None),) * 3
+    # costs page faults that rival the arithmetic), with the columns padded to whole
+    # tiles. (G, C_in/G, nb * frame): the GEMM's right-hand side (scatter), or what the
+    # taps' shifted copies are taken from (gather); zeros where the frame exceeds x.
+    x_buf = np.zeros((groups, cin_g, _padded(chunk * pixels)), compute)
+    # Every phase's accumulator at once: the output is then written a block of samples
+    # and channels at a time, all phases together, while the block is in cache.
+    acc_buf = np.empty(len(phases) * g.c_out * _padded(chunk * pixels), compute)
+    taps_buf = np.empty(most_taps * _padded(chunk * pixels)
+                        * (g.c_out if method == "scatter" else g.c_in), compute)
+    inside = (slice(None),) * 3 + tuple(slice(0, n) for n in g.in_size)
 
     def tiled(a: np.ndarray) -> np.ndarray:
         """(G, rows, tiles*GEMM_TILE) as (G, tiles, rows, GEMM_TILE) views: one GEMM each."""
         return a.reshape(a.shape[0], a.shape[1], -1, GEMM_TILE).swapaxes(1, 2)
 
+    def unreached(block: np.ndarray, reach: tuple[slice, ...], nb: int) -> None:
+        """Zero the frame positions of ``block`` (G, C, nb*frame) outside ``reach``."""
+        view = block.reshape(block.shape[:2] + (nb,) + frame)
+        for a, (r, n) in enumerate(zip(reach, frame)):
+            lead = (slice(None),) * (3 + a)
+            if r.start > 0:
+                view[lead + (slice(0, r.start),)] = 0
+            if r.stop < n:
+                view[lead + (slice(r.stop, None),)] = 0
+
     for n0 in range(0, g.batch, chunk):
         nb = min(chunk, g.batch - n0)
-        if method == "scatter":
-            # (G, C_in/G, nb, *in): the batch folded into the pixels, zero-padded to whole
-            # tiles.
-            x_cols = x_buf[:, :, :_padded(nb * pixels)]
-            x_cols[:, :, nb * pixels:] = 0
-            xt = x_cols[:, :, :nb * pixels].reshape((groups, cin_g, nb) + g.in_size)
-        else:
-            x_pad = x_buf[:, :, :nb]
-            xt = x_pad[every + interior]
-        np.copyto(xt, x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size)
+        used, width = nb * pixels, _padded(nb * pixels)
+        x_cols = x_buf[:, :, :width]
+        x_cols[:, :, used:] = 0  # the last tile's padding (stale from a larger chunk)
+        # (G, C_in/G, nb, *frame) <- (nb, G, C_in/G, *in): the batch folded into the pixels.
+        np.copyto(x_cols[:, :, :used].reshape((groups, cin_g, nb) + frame)[inside],
+                  x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size)
                   .transpose((1, 2, 0) + tuple(range(3, 3 + rank))))
+        accs = []
         for p, ph in enumerate(phases):
-            size = math.prod(ph.size)
-            width = _padded(nb * size)
-            acc_cols = acc_buf[:g.c_out * width].reshape(groups, cout_g, width)
-            acc = acc_cols[:, :, :nb * size].reshape((groups, cout_g, nb) + ph.size)
+            acc_cols = acc_buf[p * g.c_out * width:(p + 1) * g.c_out * width].reshape(
+                groups, cout_g, width)
+            acc = acc_cols[:, :, :used]
+            accs.append(acc)
+            # The phase's GEMM rows: (G, taps, C_out/G, columns) for scatter, (G, C_in/G,
+            # taps, columns) for gather; block j below is tap j's.
+            shape = (groups, len(ph.taps), cout_g) if method == "scatter" else \
+                (groups, cin_g, len(ph.taps))
+            cols = taps_buf[:math.prod(shape) * width].reshape(shape + (width,))
+            offsets = [sum(q * st for q, st in zip(t.shift, steps)) for t in ph.taps]
             if method == "gather" and ph.taps:
-                # (G, taps, C_in/G, nb, *lattice): each tap's input shifted into place, zero
-                # where it reaches nothing; then one GEMM per column tile sums all taps.
-                cols = taps_buf[:len(ph.taps) * g.c_in * width].reshape(
-                    groups, len(ph.taps) * cin_g, width)
-                shifted = cols[:, :, :nb * size].reshape(
-                    (groups, len(ph.taps), cin_g, nb) + ph.size)
-                cols[:, :, nb * size:] = 0
-                for j, tap in enumerate(ph.taps):
-                    # lattice index = input index + shift: a slice of the bordered input.
-                    np.copyto(shifted[:, j], x_pad[every + tuple(
-                        slice(lo - q, lo - q + n) for lo, q, n in zip(low, tap.shift, ph.size))])
-                np.matmul(lhs[p], tiled(cols), out=tiled(acc_cols))
-            else:
-                acc.fill(0)
+                # Each tap's input shifted into place (the lattice index is the input
+                # index plus the shift), zero where the tap reaches nothing; then one GEMM
+                # per column tile sums all taps.
+                cols[..., used:] = 0
+                for j, (tap, off) in enumerate(zip(ph.taps, offsets)):
+                    block = cols[:, :, j, :used]
+                    if tap.dst is None:
+                        block.fill(0)
+                        continue
+                    lo, hi = max(0, off), used + min(0, off)
+                    block[..., lo:hi] = x_cols[:, :, lo - off:hi - off]
+                    block[..., :lo] = 0
+                    block[..., hi:] = 0
+                    unreached(block, tap.dst, nb)
+                np.matmul(lhs[p], tiled(cols.reshape(groups, -1, width)), out=tiled(acc_cols))
+                if bias is not None:
+                    acc += init
+                continue
             if method == "scatter" and ph.taps:
-                cols = taps_buf[:len(ph.taps) * g.c_out * x_cols.shape[2]].reshape(
-                    groups, len(ph.taps) * cout_g, x_cols.shape[2])
-                np.matmul(lhs[p], tiled(x_cols), out=tiled(cols))
-                cols = cols[:, :, :nb * pixels].reshape(
-                    (groups, len(ph.taps), cout_g, nb) + g.in_size)
-                for j, tap in enumerate(ph.taps):
-                    if tap.dst is not None:
-                        acc[every + tap.dst] += \
-                            cols[(slice(None), j, slice(None), slice(None)) + tap.src]
-            if bias_init is not None:
-                acc += bias_init
-            out = y[(slice(n0, n0 + nb), slice(None))
-                    + tuple(slice(f, None, s) for f, s in zip(ph.first, g.stride))]
-            # (C_out, nb, ...) to (nb, C_out, ...); rounds to float16 here when x is float16.
-            out[...] = acc.reshape((g.c_out, nb) + ph.size).swapaxes(0, 1)
+                np.matmul(lhs[p], tiled(x_cols), out=tiled(cols.reshape(groups, -1, width)))
+            # Each tap's block added at its flat shift, in tap order; the first one
+            # also brings the bias, and the few positions it misses get the bias alone.
+            first = True
+            for j, (tap, off) in enumerate(zip(ph.taps, offsets)):
+                if tap.src is None:
+                    continue
+                block = cols[:, j, :, :used]
+                unreached(block, tap.src, nb)
+                lo, hi = max(0, off), used + min(0, off)
+                if first:
+                    np.add(block[..., lo - off:hi - off], init, out=acc[..., lo:hi])
+                    acc[..., :lo] = init
+                    acc[..., hi:] = init
+                    first = False
+                else:
+                    acc[..., lo:hi] += block[..., lo - off:hi - off]
+            if first:  # no tap reaches this phase
+                acc[...] = init
+        _write(y[n0:n0 + nb], accs, phases, g, frame)
+
+
+#: Bytes of output written per block: every phase's share of a block goes out while the
+#: block's cache lines are held (about a core's L2), instead of one strided pass over
+#: the whole output per phase.
+WRITE_BLOCK_BYTES = 2**20
+
+
+def _write(y: np.ndarray, accs: list[np.ndarray], phases: tuple[_Phase, ...], g: Geometry,
+           frame: tuple[int, ...]) -> None:
+    """Write every phase's accumulator (G, C_out/G, nb*frame) into ``y`` (nb, C_out,
+    *out), a block of samples and channels at a time; rounds to float16 here when ``y``
+    is float16."""
+    nb, c_out = y.shape[:2]
+    per_block = max(1, WRITE_BLOCK_BYTES // (math.prod(g.out_size) * y.itemsize))
+    samples, channels = max(1, per_block // c_out), min(c_out, per_block)
+    lattices = [acc.reshape((c_out, nb) + frame)[(slice(None),) * 2
+                                                 + tuple(slice(0, n) for n in ph.size)]
+                for acc, ph in zip(accs, phases)]
+    strided = [tuple(slice(f, None, s) for f, s in zip(ph.first, g.stride)) for ph in phases]
+    for n0 in range(0, nb, samples):
+        for c0 in range(0, c_out, channels):
+            block = (slice(n0, n0 + samples), slice(c0, c0 + channels))
+            for lattice, where in zip(lattices, strided):
+                # (C_out, nb, ...) to (nb, C_out, ...)
+                y[block + where] = lattice[block[::-1]].swapaxes(0, 1)
