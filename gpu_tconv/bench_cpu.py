@@ -11,6 +11,7 @@ are written as JSON.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -60,19 +61,37 @@ CONFIGS = [
 TEXTBOOK_CONFIGS = {"FCN depthwise k4 s2 p1 (1,21,64²)"}
 
 
-def median_ms(fn: Callable[[], object], repeats: int, pause: float) -> float:
+def median_ms(fn: Callable[[], object], repeats: int, pause: float,
+              min_seconds: float = 0.2) -> float:
+    """Median time of ``fn`` in ms: after a warm-up of at least 3 calls and 50 ms (caches,
+    BLAS threads, the allocator's first page faults), at least ``repeats`` timed calls
+    and ``min_seconds`` in all, so that sub-millisecond cases get enough samples."""
     time.sleep(pause)
-    fn()  # warm-up: caches, BLAS threads, page faults of first touch
-    times = []
-    for _ in range(repeats):
+    start = time.perf_counter()
+    for calls in itertools.count(1):
+        fn()
+        if calls >= 3 and time.perf_counter() - start >= 0.05:
+            break
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < min_seconds and len(times) < 1000):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
 
 
+def _once_ms(fn: Callable[[], object], pause: float) -> float:
+    """One call's time in ms (for the textbook loops, which take seconds)."""
+    time.sleep(pause)
+    start = time.perf_counter()
+    fn()
+    return 1e3 * (time.perf_counter() - start)
+
+
 def peak_extra_bytes(fn: Callable[[], np.ndarray]) -> int:
-    """Peak memory allocated during ``fn`` beyond the array it returns."""
+    """Peak memory allocated during ``fn`` beyond the array it returns, counting the
+    NumPy backend's scratch memory (mapped afresh for the call)."""
+    numpy_backend.release_scratch()
     tracemalloc.start()
     try:
         result = fn()
@@ -123,8 +142,8 @@ def run(configs: list[Config], repeats: int, pause: float, methods: bool) -> dic
         if torch_fn is not None:
             row["torch_ms"] = median_ms(torch_fn, repeats, pause)
         if config.name in TEXTBOOK_CONFIGS:
-            row["textbook_ms"] = median_ms(
-                lambda: conv_transpose_reference(x, w, **config.params), 1, pause)
+            row["textbook_ms"] = _once_ms(lambda: conv_transpose_reference(x, w, **config.params),
+                                          pause)
         rows.append(row)
         _print_row(row, methods)
     ratios = [r["numpy_ms"] / r["torch_ms"] for r in rows if "torch_ms" in r]

@@ -4,19 +4,23 @@ Method (GEMM + col2im by output phase): along each dimension, tap ``k`` sends in
 ``i`` to output ``o = i*stride + k*dilation - padding``, so every tap writes to one
 residue class ``o mod stride`` (its *phase*), shifted by a whole number of strides.
 For each phase, the taps that write to it are contracted with the input in one BLAS
-call per group (``taps*C_out/G x C_in/G`` by ``C_in/G x batch*pixels``); their
-contributions are added into a contiguous accumulator with plain slice additions, and
-the accumulator is written into the strided output positions of the phase once.
-There is no zero insertion, no strided scatter and no Python
-loop over pixels, samples or channels; Python loops run over phases and taps only.
+call per group and column tile (``taps*C_out/G x C_in/G`` by ``C_in/G x batch*pixels``,
+or the gather formulation: ``C_out/G x C_in/G*taps`` by the taps' shifted inputs).
+The input and the accumulators share one flattened layout, so a tap's shift is a
+single offset and its contribution one contiguous slice addition (or copy). Once every
+phase is accumulated, the output is written a cache-sized block of samples and
+channels at a time, all phases of the block together. There is no zero insertion and
+no Python loop over pixels; Python loops run over phases, taps and output blocks.
 
-Memory: temporaries (the columns of all of a phase's taps, the accumulator, a
-transposed copy of the input chunk) are allocated once per call and reused. The batch,
-and for very large samples the output itself (in boxes, each computed from the inputs
-that reach it), are split so that they stay within :data:`TEMP_BUDGET_BYTES`, plus the
-zero padding of the last GEMM tile (fewer than :data:`GEMM_TILE` columns per buffer)
-and a copy of the weights stacked per phase. float16 is computed in float32 and
-rounded once, when the result is stored.
+Memory: temporaries (the input chunk, every phase's accumulator, the columns of one
+phase's taps) live in per-thread scratch memory that is kept between calls, because
+mapping fresh memory costs a page fault per page, which rivals the arithmetic of small
+layers. The batch, and for very large samples the output itself (in boxes, each
+computed from the inputs that reach it), are split so that the scratch stays within
+:data:`TEMP_BUDGET_BYTES`, plus the zero padding of the last GEMM tile (fewer than
+:data:`GEMM_TILE` columns per row of each buffer), a copy of the weights and the
+per-phase stacks of it. :func:`release_scratch` returns the scratch memory. float16 is
+computed in float32 and rounded once, when the result is stored.
 
 Results are bit for bit the same however the batch is chunked and the output boxed,
 and for any slice of the input (each output's sum has a fixed shape and order: see
@@ -28,6 +32,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import threading
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -263,16 +268,19 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     init = np.zeros((), compute) if bias is None else \
         bias.astype(compute).reshape(groups, cout_g, 1) + 0
 
-    # Temporaries are allocated once and reused for every phase and chunk (fresh memory
-    # costs page faults that rival the arithmetic), with the columns padded to whole
-    # tiles. (G, C_in/G, nb * frame): the GEMM's right-hand side (scatter), or what the
-    # taps' shifted copies are taken from (gather); zeros where the frame exceeds x.
-    x_buf = np.zeros((groups, cin_g, _padded(chunk * pixels)), compute)
-    # Every phase's accumulator at once: the output is then written a block of samples
-    # and channels at a time, all phases together, while the block is in cache.
-    acc_buf = np.empty(len(phases) * g.c_out * _padded(chunk * pixels), compute)
-    taps_buf = np.empty(most_taps * _padded(chunk * pixels)
-                        * (g.c_out if method == "scatter" else g.c_in), compute)
+    # Temporaries come from the thread's scratch memory, reused for every phase, chunk
+    # and call, with the columns padded to whole tiles. (G, C_in/G, nb*frame): the GEMM's
+    # right-hand side (scatter), or what the taps' shifted copies are taken from
+    # (gather); where the frame exceeds x it holds stale values, which reach nothing
+    # (every tap's unreached positions are zeroed). Every phase's accumulator is kept, so
+    # that the output is written a block of samples and channels at a time, all phases
+    # together, while the block is in cache.
+    width_max = _padded(chunk * pixels)
+    sizes = [g.c_in * width_max, len(phases) * g.c_out * width_max,
+             most_taps * width_max * (g.c_out if method == "scatter" else g.c_in)]
+    scratch = _scratch(sum(sizes) * compute.itemsize).view(compute)
+    x_buf, acc_buf, taps_buf = np.split(scratch, np.cumsum(sizes)[:-1])
+    x_buf = x_buf.reshape(groups, cin_g, width_max)
     inside = (slice(None),) * 3 + tuple(slice(0, n) for n in g.in_size)
 
     def tiled(a: np.ndarray) -> np.ndarray:
@@ -350,6 +358,31 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             if first:  # no tap reaches this phase
                 acc[...] = init
         _write(y[n0:n0 + nb], accs, phases, g, frame)
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(nbytes: int) -> np.ndarray:
+    """``nbytes`` of this thread's scratch memory, kept between calls (at most about
+    :data:`TEMP_BUDGET_BYTES`): freshly mapped memory costs a page fault per page, which
+    on small layers takes longer than the arithmetic."""
+    held = getattr(_SCRATCH, "buffer", None)
+    if held is None or held.nbytes < nbytes:
+        _SCRATCH.buffer = None  # let the old buffer go before mapping the new one
+        held = _SCRATCH.buffer = np.empty(nbytes, np.uint8)
+    return held[:nbytes]
+
+
+def scratch_bytes() -> int:
+    """Bytes of scratch memory this thread holds between calls."""
+    held = getattr(_SCRATCH, "buffer", None)
+    return 0 if held is None else held.nbytes
+
+
+def release_scratch() -> None:
+    """Return this thread's scratch memory (the next call maps it again)."""
+    _SCRATCH.buffer = None
 
 
 #: Bytes of output written per block: every phase's share of a block goes out while the

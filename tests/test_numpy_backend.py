@@ -1,5 +1,6 @@
 """The NumPy fallback: every formulation right, at every chunking, within its memory budget."""
 
+import threading
 import tracemalloc
 from unittest.mock import patch
 
@@ -14,6 +15,7 @@ from oracles import Problem, assert_close, problems
 
 
 def _peak_temporaries(x, w, g) -> tuple[int, np.ndarray]:
+    numpy_backend.release_scratch()  # the call maps its scratch memory afresh, and counts it
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
@@ -35,8 +37,9 @@ def test_temporaries_stay_within_budget(monkeypatch):
     extra, y = _peak_temporaries(x, w, g)
     # One chunk's column block and accumulator, plus small per-tap views and the weight.
     # The budget, plus what the backend documents beyond it: the zero padding of the last
-    # GEMM tile of each buffer (input, accumulator, the columns of a phase's 4 taps).
-    padding = numpy_backend.GEMM_TILE * (4 + 8 + 4 * 8) * 8
+    # GEMM tile of each buffer's rows (input, the 4 phases' accumulators, the columns of a
+    # phase's 4 taps).
+    padding = numpy_backend.GEMM_TILE * (4 + 4 * 8 + 4 * 8) * 8
     assert extra <= budget + padding, extra
     np.testing.assert_allclose(y[:2], conv_transpose_reference(x[:2], w, stride=2, padding=1),
                                rtol=1e-12, atol=1e-12)
@@ -86,3 +89,45 @@ def test_any_output_box_from_its_input_slice_is_bit_for_bit_the_whole(p: Problem
     part = numpy_backend.conv_transpose(p.x[(slice(None),) * 2 + in_box], p.weight, p.bias,
                                         tile, method=method)
     assert part.tobytes() == whole[out].tobytes()
+
+
+@given(p=problems(), method=st.sampled_from(["scatter", "gather"]))
+def test_stale_scratch_memory_changes_nothing(p: Problem, method):
+    # The scratch memory is reused between calls without clearing: whatever a previous
+    # call left there (here: NaN in every byte) must not reach a result.
+    p = p.astype(np.float32)
+    g = geometry_from_shapes(p.x.shape, p.weight.shape, None if p.bias is None else p.bias.shape,
+                             **p.params)
+    numpy_backend.release_scratch()
+    fresh = numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method=method)
+    numpy_backend._SCRATCH.buffer.fill(0xFF)
+    again = numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method=method)
+    assert again.tobytes() == fresh.tobytes()
+
+
+def test_scratch_memory_is_kept_per_thread_and_bounded(monkeypatch):
+    budget = 1 << 20
+    monkeypatch.setattr(numpy_backend, "TEMP_BUDGET_BYTES", budget)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((16, 8, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((8, 4, 4, 4)).astype(np.float32)
+    g = geometry_from_shapes(x.shape, w.shape, stride=2, padding=1)
+    numpy_backend.release_scratch()
+    numpy_backend.conv_transpose(x, w, None, g)
+    held = numpy_backend.scratch_bytes()
+    padding = numpy_backend.GEMM_TILE * (8 + 4 * 4 + 4 * 4) * 4
+    assert 0 < held <= budget + padding
+    tracemalloc.start()
+    try:
+        y = numpy_backend.conv_transpose(x, w, None, g)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - y.nbytes < held // 4  # the second call maps no new scratch
+    other = []
+    thread = threading.Thread(target=lambda: other.append(numpy_backend.scratch_bytes()))
+    thread.start()
+    thread.join()
+    assert other == [0]  # another thread has its own (none yet)
+    numpy_backend.release_scratch()
+    assert numpy_backend.scratch_bytes() == 0
