@@ -263,10 +263,7 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         lhs = [t.reshape(groups, cin_g, -1).swapaxes(1, 2)[:, None] for t in taps_of]
     else:
         lhs = [t.reshape(groups, -1, cout_g).swapaxes(1, 2)[:, None] for t in taps_of]
-    # The bias starts every scatter sum (+ 0 turns a -0.0 bias into 0.0, as the sum of
-    # no taps would be, so that the first tap's absence cannot change a sign).
-    init = np.zeros((), compute) if bias is None else \
-        bias.astype(compute).reshape(groups, cout_g, 1) + 0
+    bias_cols = None if bias is None else bias.astype(compute).reshape(groups, cout_g, 1)
 
     # Temporaries come from the thread's scratch memory, reused for every phase, chunk
     # and call, with the columns padded to whole tiles. (G, C_in/G, nb*frame): the GEMM's
@@ -329,35 +326,48 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
                         block.fill(0)
                         continue
                     lo, hi = max(0, off), used + min(0, off)
+                    # What is not copied (before lo, after hi) is unreached: zeroed here.
                     block[..., lo:hi] = x_cols[:, :, lo - off:hi - off]
-                    block[..., :lo] = 0
-                    block[..., hi:] = 0
                     unreached(block, tap.dst, nb)
                 np.matmul(lhs[p], tiled(cols.reshape(groups, -1, width)), out=tiled(acc_cols))
                 if bias is not None:
-                    acc += init
+                    acc += bias_cols
                 continue
             if method == "scatter" and ph.taps:
                 np.matmul(lhs[p], tiled(x_cols), out=tiled(cols.reshape(groups, -1, width)))
-            # Each tap's block added at its flat shift, in tap order; the first one
-            # also brings the bias, and the few positions it misses get the bias alone.
-            first = True
+            # Each tap's block added at its flat shift, in tap order, then the bias.
+            reaching = []
             for j, (tap, off) in enumerate(zip(ph.taps, offsets)):
-                if tap.src is None:
-                    continue
-                block = cols[:, j, :, :used]
-                unreached(block, tap.src, nb)
+                if tap.src is not None:
+                    block = cols[:, j, :, :used]
+                    unreached(block, tap.src, nb)
+                    reaching.append((block, off))
+            _sum_first_two(acc, reaching[:2])
+            for block, off in reaching[2:]:
                 lo, hi = max(0, off), used + min(0, off)
-                if first:
-                    np.add(block[..., lo - off:hi - off], init, out=acc[..., lo:hi])
-                    acc[..., :lo] = init
-                    acc[..., hi:] = init
-                    first = False
-                else:
-                    acc[..., lo:hi] += block[..., lo - off:hi - off]
-            if first:  # no tap reaches this phase
-                acc[...] = init
+                acc[..., lo:hi] += block[..., lo - off:hi - off]
+            if bias is not None:
+                acc += bias_cols
         _write(y[n0:n0 + nb], accs, phases, g, frame)
+
+
+def _sum_first_two(acc: np.ndarray, blocks: list[tuple[np.ndarray, int]]) -> None:
+    """``acc`` = the sum of up to two (block, flat shift) pairs, each block placed at its
+    shift, zero where neither reaches: one pass over ``acc`` instead of a copy and an
+    addition. (An element one block misses gets the other's value exactly, as if its
+    zero had been added.)"""
+    used = acc.shape[-1]
+    reach = [(max(0, off), used + min(0, off)) for _, off in blocks]
+    bounds = sorted({0, used}.union(*reach))
+    for a, b in zip(bounds, bounds[1:]):
+        parts = [block[..., a - off:b - off]
+                 for (block, off), (lo, hi) in zip(blocks, reach) if lo <= a and b <= hi]
+        if len(parts) == 2:
+            np.add(parts[0], parts[1], out=acc[..., a:b])
+        elif parts:
+            acc[..., a:b] = parts[0]
+        else:
+            acc[..., a:b] = 0
 
 
 _SCRATCH = threading.local()
