@@ -207,13 +207,19 @@ def _box(g: Geometry, box: tuple[tuple[int, int], ...]):
     return tuple(slice(lo, hi) for lo, hi in ins), tile
 
 
-def _tiles(g: Geometry, method: str, itemsize: int):
+def _tiles(g: Geometry, method: str, itemsize: int) -> tuple:
     """Split the output into boxes whose one-sample temporaries fit the budget.
 
-    Yields ``(input slices, output slices, geometry of the box)``; the geometry is
-    ``None`` where no input reaches the box.
+    Returns ``(input slices, output slices, geometry of the box)`` per box; the geometry
+    is ``None`` where no input reaches the box.
     """
-    needed = -(-_per_sample(g, method) * itemsize // TEMP_BUDGET_BYTES)
+    return _box_plan(g, method, itemsize, TEMP_BUDGET_BYTES)
+
+
+@functools.lru_cache(maxsize=64)
+def _box_plan(g: Geometry, method: str, itemsize: int, budget: int) -> tuple:
+    """:func:`_tiles` for a given budget (pure shape arithmetic, cached)."""
+    needed = -(-_per_sample(g, method) * itemsize // budget)
     while True:
         per_dim, rest = [], needed
         for out in g.out_size:  # split the leading dimensions first
@@ -225,12 +231,12 @@ def _tiles(g: Geometry, method: str, itemsize: int):
         # further until every box fits, or boxes are single outputs.
         largest = max((_per_sample(t[1], method) * itemsize for _, t in boxes if t),
                       default=0)
-        if largest <= TEMP_BUDGET_BYTES or list(map(len, per_dim)) == list(g.out_size):
+        if largest <= budget or list(map(len, per_dim)) == list(g.out_size):
             break
         needed *= 2
-    for box, found in boxes:
-        out_box = tuple(slice(lo, hi) for lo, hi in box)
-        yield (None, out_box, None) if found is None else (found[0], out_box, found[1])
+    return tuple((None, out_box, None) if found is None else (found[0], out_box, found[1])
+                 for box, found in boxes
+                 for out_box in [tuple(slice(lo, hi) for lo, hi in box)])
 
 
 def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
@@ -251,6 +257,9 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     pixels = math.prod(frame)
     # Flat offset of one step along each dimension of the frame.
     steps = [math.prod(frame[a + 1:]) for a in range(rank)]
+    # Per phase, each tap's shift as one flat offset in the frame.
+    offsets_of = [[sum(q * st for q, st in zip(t.shift, steps)) for t in ph.taps]
+                  for ph in phases]
     most_taps = max(len(ph.taps) for ph in phases)
     chunk = min(g.batch, max(1, TEMP_BUDGET_BYTES // compute.itemsize // _per_sample(g, method)))
 
@@ -314,7 +323,7 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             shape = (groups, len(ph.taps), cout_g) if method == "scatter" else \
                 (groups, cin_g, len(ph.taps))
             cols = taps_buf[:math.prod(shape) * width].reshape(shape + (width,))
-            offsets = [sum(q * st for q, st in zip(t.shift, steps)) for t in ph.taps]
+            offsets = offsets_of[p]
             if method == "gather" and ph.taps:
                 # Each tap's input shifted into place (the lattice index is the input
                 # index plus the shift), zero where the tap reaches nothing; then one GEMM
