@@ -140,8 +140,9 @@ def warm_heap() -> bool:
         return False
 
 
-def run(configs: list[Config], repeats: int, pause: float, methods: bool) -> dict:
-    heap = warm_heap()
+def run(configs: list[Config], repeats: int, pause: float, methods: bool,
+        keep_heap: bool = True) -> dict:
+    heap = warm_heap() if keep_heap else False
     rng = np.random.default_rng(0)
     rows = []
     for config in configs:
@@ -195,6 +196,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of rest between blocks (default 0.3)")
     parser.add_argument("--only", metavar="TEXT",
                         help="run the configurations whose name contains TEXT")
+    parser.add_argument("--default-heap", action="store_true",
+                        help="leave glibc's allocator as it is (timings then depend on what "
+                             "the process freed before; see warm_heap)")
     parser.add_argument("--methods", action="store_true",
                         help="also time every NumPy formulation, not only the chosen one")
     parser.add_argument("--output", type=Path, default=Path("bench/results"), metavar="DIR",
@@ -205,9 +209,10 @@ def run_from_args(args: argparse.Namespace) -> dict:
     configs = [c for c in CONFIGS if not args.only or args.only in c.name]
     if not configs:
         raise ValueError(f"no benchmark configuration matches {args.only!r}")
+    print("heap:", "as it is" if args.default_heap else "warm (freed memory kept by glibc)")
     print("BLAS:", ", ".join(f"{b.get('internal_api')} {b.get('version')} "
                              f"({b.get('num_threads')} threads)" for b in blas_info()))
-    result = run(configs, args.repeats, args.pause, args.methods)
+    result = run(configs, args.repeats, args.pause, args.methods, not args.default_heap)
     if result["summary"]["geomean_ratio_to_torch"] is not None:
         print(f"geometric mean of numpy/torch: {result['summary']['geomean_ratio_to_torch']:.2f}x")
     args.output.mkdir(parents=True, exist_ok=True)
