@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from . import cpu_threads
 from .geometry import Geometry
 
 #: Budget for the temporaries of one call, in bytes: large enough that typical layers
@@ -149,12 +150,14 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
         g.groups, g.c_in_per_group, g.c_out_per_group, -1).swapaxes(2, 3))
     # NaN, infinities and float16 overflow are results here, as in PyTorch, not errors.
     with np.errstate(all="ignore"):
-        for in_box, out_box, tile in _tiles(g, method, compute.itemsize):
+        slots = _slots(g, method, compute.itemsize)
+        for in_box, out_box, tile in _tiles(g, method, compute.itemsize, slots):
             if tile is None:  # no input reaches this box: only the bias does
                 y_view[whole + out_box] = 0 if bias is None else \
                     bias.reshape((g.c_out,) + (1,) * g.rank)
             else:
-                _compute(x[whole + in_box], w, bias, tile, method, y_view[whole + out_box])
+                _compute(x[whole + in_box], w, bias, tile, method, y_view[whole + out_box],
+                         slots)
     return y
 
 
@@ -175,14 +178,33 @@ def _frame(g: Geometry) -> tuple[int, ...]:
     return tuple(max([n] + [ph.size[a] for ph in phases]) for a, n in enumerate(g.in_size))
 
 
-def _per_sample(g: Geometry, method: str) -> int:
+#: Bytes of one phase's tap blocks (over the whole batch) from which phases are computed
+#: on several cores at once: below it, handing work to threads costs more than the
+#: additions it lets overlap with GEMMs.
+PARALLEL_MIN_BYTES = 4 * 2**20
+
+
+def _slots(g: Geometry, method: str, itemsize: int) -> int:
+    """Phases computed at once: one per core (see :mod:`gpu_tconv.cpu_threads`) when
+    phases add several taps' blocks and those are large, else 1."""
+    phases = _phases(g)
+    most_taps = max(len(ph.taps) for ph in phases)
+    block = most_taps * (g.c_out if method == "scatter" else g.c_in) \
+        * math.prod(_frame(g)) * g.batch * itemsize
+    if most_taps < 2 or block < PARALLEL_MIN_BYTES:
+        return 1
+    return max(1, min(len(phases), cpu_threads.blas_threads()))
+
+
+def _per_sample(g: Geometry, method: str, slots: int = 1) -> int:
     """Elements of temporaries per sample of a batch chunk: every phase's accumulator,
-    the transposed input, and the block of all of a phase's taps, in the frame layout."""
+    the transposed input, and per slot (phases computed at once) the block of all of a
+    phase's taps, in the frame layout."""
     frame = math.prod(_frame(g))
     phases = _phases(g)
     most_taps = max(len(ph.taps) for ph in phases)
     return frame * (len(phases) * g.c_out + g.c_in
-                    + most_taps * (g.c_out if method == "scatter" else g.c_in))
+                    + slots * most_taps * (g.c_out if method == "scatter" else g.c_in))
 
 
 def _box(g: Geometry, box: tuple[tuple[int, int], ...]):
@@ -207,19 +229,19 @@ def _box(g: Geometry, box: tuple[tuple[int, int], ...]):
     return tuple(slice(lo, hi) for lo, hi in ins), tile
 
 
-def _tiles(g: Geometry, method: str, itemsize: int) -> tuple:
+def _tiles(g: Geometry, method: str, itemsize: int, slots: int) -> tuple:
     """Split the output into boxes whose one-sample temporaries fit the budget.
 
     Returns ``(input slices, output slices, geometry of the box)`` per box; the geometry
     is ``None`` where no input reaches the box.
     """
-    return _box_plan(g, method, itemsize, TEMP_BUDGET_BYTES)
+    return _box_plan(g, method, itemsize, slots, TEMP_BUDGET_BYTES)
 
 
 @functools.lru_cache(maxsize=64)
-def _box_plan(g: Geometry, method: str, itemsize: int, budget: int) -> tuple:
+def _box_plan(g: Geometry, method: str, itemsize: int, slots: int, budget: int) -> tuple:
     """:func:`_tiles` for a given budget (pure shape arithmetic, cached)."""
-    needed = -(-_per_sample(g, method) * itemsize // budget)
+    needed = -(-_per_sample(g, method, slots) * itemsize // budget)
     while True:
         per_dim, rest = [], needed
         for out in g.out_size:  # split the leading dimensions first
@@ -229,7 +251,7 @@ def _box_plan(g: Geometry, method: str, itemsize: int, budget: int) -> tuple:
         boxes = [(box, _box(g, box)) for box in itertools.product(*per_dim)]
         # The inputs a box needs reach beyond its share (the kernel's halo): split
         # further until every box fits, or boxes are single outputs.
-        largest = max((_per_sample(t[1], method) * itemsize for _, t in boxes if t),
+        largest = max((_per_sample(t[1], method, slots) * itemsize for _, t in boxes if t),
                       default=0)
         if largest <= budget or list(map(len, per_dim)) == list(g.out_size):
             break
@@ -240,9 +262,10 @@ def _box_plan(g: Geometry, method: str, itemsize: int, budget: int) -> tuple:
 
 
 def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
-             method: str, y: np.ndarray) -> None:
+             method: str, y: np.ndarray, slots: int) -> None:
     """Compute the transposed convolution of ``g`` into the (possibly strided) view ``y``;
-    ``w`` is the weight as (G, C_in/G, taps, C_out/G), contiguous, in the compute type.
+    ``w`` is the weight as (G, C_in/G, taps, C_out/G), contiguous, in the compute type;
+    up to ``slots`` phases are computed at once.
 
     The input and every phase's accumulator share one layout, (nb, *frame) flattened, so
     that a tap's shift is one flat offset: moving a tap's block into place is a single
@@ -261,7 +284,8 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     offsets_of = [[sum(q * st for q, st in zip(t.shift, steps)) for t in ph.taps]
                   for ph in phases]
     most_taps = max(len(ph.taps) for ph in phases)
-    chunk = min(g.batch, max(1, TEMP_BUDGET_BYTES // compute.itemsize // _per_sample(g, method)))
+    chunk = min(g.batch, max(1, TEMP_BUDGET_BYTES // compute.itemsize
+                             // _per_sample(g, method, slots)))
 
     # Per phase, its taps stacked for one GEMM per group and column tile, as (G, 1, rows,
     # columns): transposed views of the phase's taps (G, C_in/G, taps, C_out/G), which
@@ -280,12 +304,12 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     # (gather); where the frame exceeds x it holds stale values, which reach nothing
     # (every tap's unreached positions are zeroed). Every phase's accumulator is kept, so
     # that the output is written a block of samples and channels at a time, all phases
-    # together, while the block is in cache.
+    # together, while the block is in cache. Each slot has its own block of taps.
     width_max = _padded(chunk * pixels)
-    sizes = [g.c_in * width_max, len(phases) * g.c_out * width_max,
-             most_taps * width_max * (g.c_out if method == "scatter" else g.c_in)]
+    taps_size = most_taps * width_max * (g.c_out if method == "scatter" else g.c_in)
+    sizes = [g.c_in * width_max, len(phases) * g.c_out * width_max] + [taps_size] * slots
     scratch = _scratch(sum(sizes) * compute.itemsize).view(compute)
-    x_buf, acc_buf, taps_buf = np.split(scratch, np.cumsum(sizes)[:-1])
+    x_buf, acc_buf, *taps_bufs = np.split(scratch, np.cumsum(sizes)[:-1])
     x_buf = x_buf.reshape(groups, cin_g, width_max)
     inside = (slice(None),) * 3 + tuple(slice(0, n) for n in g.in_size)
 
@@ -303,6 +327,55 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             if r.stop < n:
                 view[lead + (slice(r.stop, None),)] = 0
 
+    def phase(p: int, nb: int, slot: int) -> None:
+        """Accumulate phase ``p`` of a chunk of ``nb`` samples into its accumulator."""
+        ph, offsets = phases[p], offsets_of[p]
+        used, width = nb * pixels, _padded(nb * pixels)
+        x_cols = x_buf[:, :, :width]
+        acc_cols = acc_buf[p * g.c_out * width:(p + 1) * g.c_out * width].reshape(
+            groups, cout_g, width)
+        acc = acc_cols[:, :, :used]
+        # The phase's GEMM rows: (G, taps, C_out/G, columns) for scatter, (G, C_in/G,
+        # taps, columns) for gather; block j below is tap j's.
+        shape = (groups, len(ph.taps), cout_g) if method == "scatter" else \
+            (groups, cin_g, len(ph.taps))
+        cols = taps_bufs[slot][:math.prod(shape) * width].reshape(shape + (width,))
+        if method == "gather" and ph.taps:
+            # Each tap's input shifted into place (the lattice index is the input index
+            # plus the shift), zero where the tap reaches nothing; then one GEMM per
+            # column tile sums all taps.
+            cols[..., used:] = 0
+            for j, (tap, off) in enumerate(zip(ph.taps, offsets)):
+                block = cols[:, :, j, :used]
+                if tap.dst is None:
+                    block.fill(0)
+                    continue
+                lo, hi = max(0, off), used + min(0, off)
+                # What is not copied (before lo, after hi) is unreached: zeroed here.
+                block[..., lo:hi] = x_cols[:, :, lo - off:hi - off]
+                unreached(block, tap.dst, nb)
+            np.matmul(lhs[p], tiled(cols.reshape(groups, -1, width)), out=tiled(acc_cols))
+            if bias is not None:
+                acc += bias_cols
+            return
+        if method == "scatter" and ph.taps:
+            np.matmul(lhs[p], tiled(x_cols), out=tiled(cols.reshape(groups, -1, width)))
+        # Each tap's block added at its flat shift, in tap order, then the bias.
+        reaching = []
+        for j, (tap, off) in enumerate(zip(ph.taps, offsets)):
+            if tap.src is not None:
+                block = cols[:, j, :, :used]
+                unreached(block, tap.src, nb)
+                reaching.append((block, off))
+        _sum_first_two(acc, reaching[:2])
+        for block, off in reaching[2:]:
+            lo, hi = max(0, off), used + min(0, off)
+            acc[..., lo:hi] += block[..., lo - off:hi - off]
+        if bias is not None:
+            acc += bias_cols
+
+    # The phases with most taps first, so that the last ones to start are short.
+    order = sorted(range(len(phases)), key=lambda p: -len(phases[p].taps))
     for n0 in range(0, g.batch, chunk):
         nb = min(chunk, g.batch - n0)
         used, width = nb * pixels, _padded(nb * pixels)
@@ -312,52 +385,20 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         np.copyto(x_cols[:, :, :used].reshape((groups, cin_g, nb) + frame)[inside],
                   x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size)
                   .transpose((1, 2, 0) + tuple(range(3, 3 + rank))))
-        accs = []
-        for p, ph in enumerate(phases):
-            acc_cols = acc_buf[p * g.c_out * width:(p + 1) * g.c_out * width].reshape(
-                groups, cout_g, width)
-            acc = acc_cols[:, :, :used]
-            accs.append(acc)
-            # The phase's GEMM rows: (G, taps, C_out/G, columns) for scatter, (G, C_in/G,
-            # taps, columns) for gather; block j below is tap j's.
-            shape = (groups, len(ph.taps), cout_g) if method == "scatter" else \
-                (groups, cin_g, len(ph.taps))
-            cols = taps_buf[:math.prod(shape) * width].reshape(shape + (width,))
-            offsets = offsets_of[p]
-            if method == "gather" and ph.taps:
-                # Each tap's input shifted into place (the lattice index is the input
-                # index plus the shift), zero where the tap reaches nothing; then one GEMM
-                # per column tile sums all taps.
-                cols[..., used:] = 0
-                for j, (tap, off) in enumerate(zip(ph.taps, offsets)):
-                    block = cols[:, :, j, :used]
-                    if tap.dst is None:
-                        block.fill(0)
-                        continue
-                    lo, hi = max(0, off), used + min(0, off)
-                    # What is not copied (before lo, after hi) is unreached: zeroed here.
-                    block[..., lo:hi] = x_cols[:, :, lo - off:hi - off]
-                    unreached(block, tap.dst, nb)
-                np.matmul(lhs[p], tiled(cols.reshape(groups, -1, width)), out=tiled(acc_cols))
-                if bias is not None:
-                    acc += bias_cols
-                continue
-            if method == "scatter" and ph.taps:
-                np.matmul(lhs[p], tiled(x_cols), out=tiled(cols.reshape(groups, -1, width)))
-            # Each tap's block added at its flat shift, in tap order, then the bias.
-            reaching = []
-            for j, (tap, off) in enumerate(zip(ph.taps, offsets)):
-                if tap.src is not None:
-                    block = cols[:, j, :, :used]
-                    unreached(block, tap.src, nb)
-                    reaching.append((block, off))
-            _sum_first_two(acc, reaching[:2])
-            for block, off in reaching[2:]:
-                lo, hi = max(0, off), used + min(0, off)
-                acc[..., lo:hi] += block[..., lo - off:hi - off]
-            if bias is not None:
-                acc += bias_cols
-        _write(y[n0:n0 + nb], accs, phases, g, frame)
+        cpu_threads.run_pieces([functools.partial(phase, p, nb) for p in order], slots)
+        accs = [acc_buf[p * g.c_out * width:(p + 1) * g.c_out * width].reshape(
+            groups, cout_g, width)[:, :, :used] for p in range(len(phases))]
+
+        def write(lo: int, hi: int, slot: int) -> None:
+            """Write samples ``lo:hi`` of the chunk: pieces on several cores, since one
+            core does not use all of the memory bandwidth that bounds the write."""
+            part = [a.reshape(a.shape[:2] + (nb, pixels))[:, :, lo:hi].reshape(
+                a.shape[:2] + (-1,)) for a in accs]
+            _write(y[n0 + lo:n0 + hi], part, phases, g, frame)
+
+        pieces = min(slots, nb)
+        cpu_threads.run_pieces([functools.partial(write, nb * k // pieces, nb * (k + 1) // pieces)
+                                for k in range(pieces)], slots)
 
 
 def _sum_first_two(acc: np.ndarray, blocks: list[tuple[np.ndarray, int]]) -> None:

@@ -1,0 +1,115 @@
+"""Phases on several cores: the same bits as one after another, BLAS left as it was."""
+
+import threading
+from unittest.mock import patch
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from threadpoolctl import ThreadpoolController, threadpool_limits
+
+from gpu_tconv import cpu_threads, numpy_backend
+from gpu_tconv.geometry import geometry_from_shapes
+from gpu_tconv.reference import conv_transpose_reference
+from oracles import Problem, assert_close, problems
+
+
+def _blas_counts() -> list[int]:
+    return [lib.num_threads for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_bits_do_not_depend_on_blas_threads(dtype):
+    # What running phases with fewer BLAS threads each relies on.
+    rng = np.random.default_rng(0)
+    for m, k in [(1, 1), (3, 5), (24, 16), (31, 64), (128, 64), (200, 27), (512, 256)]:
+        a = rng.standard_normal((2, 1, m, k)).astype(dtype)
+        a_t = np.ascontiguousarray(a.swapaxes(2, 3)).swapaxes(2, 3)  # read transposed by BLAS
+        b = rng.standard_normal((2, 3, k, numpy_backend.GEMM_TILE)).astype(dtype)
+        with threadpool_limits(2, user_api="blas"):
+            many = np.matmul(a, b), np.matmul(a_t, b)
+        with threadpool_limits(1, user_api="blas"):
+            one = np.matmul(a, b), np.matmul(a_t, b)
+        assert all(x.tobytes() == y.tobytes() for x, y in zip(many, one)), (m, k)
+
+
+@settings(max_examples=40)
+@given(p=problems(), method=st.sampled_from(["scatter", "gather"]))
+def test_phases_on_several_cores_give_the_same_bits(p: Problem, method):
+    p = p.astype(np.float32)
+    g = geometry_from_shapes(p.x.shape, p.weight.shape, None if p.bias is None else p.bias.shape,
+                             **p.params)
+    with patch.object(numpy_backend, "PARALLEL_MIN_BYTES", 1 << 62):
+        alone = numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method=method)
+    with patch.object(numpy_backend, "PARALLEL_MIN_BYTES", 0):
+        together = numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method=method)
+    assert together.tobytes() == alone.tobytes()
+    assert_close(together, conv_transpose_reference(p.x, p.weight, p.bias, **p.params), p,
+                 np.float32)
+
+
+def test_a_large_layer_runs_its_phases_at_once_and_restores_blas(monkeypatch):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 64, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((64, 32, 4, 4)).astype(np.float32)
+    g = geometry_from_shapes(x.shape, w.shape, stride=2, padding=1)
+    assert numpy_backend._slots(g, "scatter", 4) == min(4, cpu_threads.blas_threads())
+    before = _blas_counts()
+    seen = []
+    run_pieces = cpu_threads.run_pieces
+
+    def spy(pieces, slots):
+        seen.append((len(pieces), slots, threading.current_thread().name))
+        return run_pieces(pieces, slots)
+
+    monkeypatch.setattr(cpu_threads, "run_pieces", spy)
+    y = numpy_backend.conv_transpose(x, w, None, g)
+    assert seen and seen[0][0] == 4  # the four phases
+    assert _blas_counts() == before
+    np.testing.assert_allclose(y, conv_transpose_reference(x.astype(np.float64),
+                                                           w.astype(np.float64), stride=2,
+                                                           padding=1), rtol=1e-4, atol=1e-4)
+
+
+def test_overlapping_calls_and_failures_leave_blas_as_it_was():
+    before = _blas_counts()
+    inside = []
+
+    def piece(slot):
+        if threading.current_thread().name.startswith("gpu_tconv"):  # not run in order
+            inside.append(_blas_counts())
+        if slot == 0 and len(inside) % 5 == 0:
+            raise RuntimeError("a piece fails")
+
+    def call(_):
+        try:
+            cpu_threads.run_pieces([piece] * 4, 2)
+        except RuntimeError:
+            pass
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(call, range(30)))
+    assert _blas_counts() == before
+    if max(before) > 1:  # pieces on the pool ran with BLAS's share of the cores
+        assert inside and all(max(counts) <= max(1, max(before) // 2) for counts in inside)
+
+
+def test_no_two_running_pieces_share_a_slot():
+    holders = {}
+    lock = threading.Lock()
+    clashes = []
+
+    def piece(slot):
+        with lock:
+            if holders.get(slot):
+                clashes.append(slot)
+            holders[slot] = True
+        np.ones(200_000).sum()  # work that releases the GIL
+        with lock:
+            holders[slot] = False
+
+    cpu_threads.run_pieces([piece] * 40, 3)
+    assert not clashes
+    assert set(holders) <= set(range(3))
