@@ -1,11 +1,13 @@
 """CPU benchmark: the NumPy backend against PyTorch's CPU conv_transpose, same run.
 
-Run ``python bench/cpu.py`` from a checkout. Each configuration is timed as the median
-of repeats after a warm-up, with a pause between blocks (BLAS threads spin for a while
-after a call and would slow whatever runs next). Printed: milliseconds, the ratio to
-PyTorch, GFLOP/s and the peak extra memory of gpu_tconv (beyond inputs and output, by
-``tracemalloc``). The textbook scatter loops are timed on the tiny case only. Results
-are written as JSON.
+Run ``python bench/cpu.py`` from a checkout. Each configuration is timed in blocks: the
+median of repeats after a warm-up, with a pause before each block (BLAS threads spin
+for a while after a call and would slow whatever runs next). NumPy and PyTorch blocks
+alternate for a few rounds, and the median over rounds is reported. Printed:
+milliseconds, the ratio to PyTorch, GFLOP/s and the peak extra memory of gpu_tconv
+(beyond inputs and output, by ``tracemalloc``, scratch memory included). The textbook
+scatter loops are timed on the tiny case only. Results are written as JSON, with
+glibc's allocator set as :func:`warm_heap` says.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ def warm_heap() -> bool:
 
 
 def run(configs: list[Config], repeats: int, pause: float, methods: bool,
-        keep_heap: bool = True) -> dict:
+        keep_heap: bool = True, rounds: int = 3) -> dict:
     heap = warm_heap() if keep_heap else False
     rng = np.random.default_rng(0)
     rows = []
@@ -153,15 +155,22 @@ def run(configs: list[Config], repeats: int, pause: float, methods: bool,
                "params": config.params, "flops": g.flops, "depthwise": config.depthwise,
                "method": numpy_backend.choose_method(g)}
         ours = lambda m=None: numpy_backend.conv_transpose(x, w, None, g, method=m)
-        row["numpy_ms"] = median_ms(ours, repeats, pause)
+        torch_fn = _torch_runner(config, x, w)
+        # Rounds of one block each: the machine's speed drifts over seconds (shared
+        # hosts), and both libraries should see the same drift.
+        numpy_rounds, torch_rounds = [], []
+        for _ in range(rounds):
+            numpy_rounds.append(median_ms(ours, repeats, pause))
+            if torch_fn is not None:
+                torch_rounds.append(median_ms(torch_fn, repeats, pause))
+        row["numpy_ms"], row["numpy_rounds_ms"] = statistics.median(numpy_rounds), numpy_rounds
+        if torch_rounds:
+            row["torch_ms"], row["torch_rounds_ms"] = statistics.median(torch_rounds), torch_rounds
         row["peak_extra_mib"] = peak_extra_bytes(ours) / 2**20
         row["output_mib"] = math.prod(g.out_shape) * x.itemsize / 2**20
         if methods:
             for m in ("scatter", "gather"):
                 row[f"{m}_ms"] = median_ms(lambda: ours(m), repeats, pause)
-        torch_fn = _torch_runner(config, x, w)
-        if torch_fn is not None:
-            row["torch_ms"] = median_ms(torch_fn, repeats, pause)
         if config.name in TEXTBOOK_CONFIGS:
             row["textbook_ms"] = _once_ms(lambda: conv_transpose_reference(x, w, **config.params),
                                           pause)
@@ -171,7 +180,7 @@ def run(configs: list[Config], repeats: int, pause: float, methods: bool,
     summary = {"geomean_ratio_to_torch": math.exp(statistics.fmean(map(math.log, ratios)))
                if ratios else None}
     return {"gpu_tconv": __version__, "machine": platform.processor() or platform.machine(),
-            "numpy": np.__version__, "blas": blas_info(), "repeats": repeats,
+            "numpy": np.__version__, "blas": blas_info(), "repeats": repeats, "rounds": rounds,
             "warm_heap": heap, "rows": rows,
             "summary": summary}
 
@@ -192,6 +201,9 @@ def _print_row(r: dict, methods: bool) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's flags, shared by ``bench/cpu.py`` and ``gpu-tconv bench --cpu``."""
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per case (default 7)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating blocks of NumPy and PyTorch per case; the medians "
+                             "over rounds are reported (default 3)")
     parser.add_argument("--pause", type=float, default=0.3,
                         help="seconds of rest between blocks (default 0.3)")
     parser.add_argument("--only", metavar="TEXT",
@@ -212,7 +224,8 @@ def run_from_args(args: argparse.Namespace) -> dict:
     print("heap:", "as it is" if args.default_heap else "warm (freed memory kept by glibc)")
     print("BLAS:", ", ".join(f"{b.get('internal_api')} {b.get('version')} "
                              f"({b.get('num_threads')} threads)" for b in blas_info()))
-    result = run(configs, args.repeats, args.pause, args.methods, not args.default_heap)
+    result = run(configs, args.repeats, args.pause, args.methods, not args.default_heap,
+                 args.rounds)
     if result["summary"]["geomean_ratio_to_torch"] is not None:
         print(f"geometric mean of numpy/torch: {result['summary']['geomean_ratio_to_torch']:.2f}x")
     args.output.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ import functools
 import itertools
 import math
 import threading
+import weakref
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -141,23 +142,32 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
         g = replace(g, channels_last=False)
     else:
         y_view = y
-    whole = (slice(None),) * 2
     compute = compute_dtype(x.dtype)
     # (G, C_in/G, taps, C_out/G): each phase gathers its taps as whole rows of output
     # channels, and BLAS reads the result transposed as it is (no transposing copy of
     # the whole weight, which costs as much as a small layer).
     w = np.ascontiguousarray(weight.astype(compute, copy=False).reshape(
         g.groups, g.c_in_per_group, g.c_out_per_group, -1).swapaxes(2, 3))
-    # NaN, infinities and float16 overflow are results here, as in PyTorch, not errors.
-    with np.errstate(all="ignore"):
-        slots = _slots(g, method, compute.itemsize)
-        for in_box, out_box, tile in _tiles(g, method, compute.itemsize, slots):
-            if tile is None:  # no input reaches this box: only the bias does
-                y_view[whole + out_box] = 0 if bias is None else \
-                    bias.reshape((g.c_out,) + (1,) * g.rank)
-            else:
-                _compute(x[whole + in_box], w, bias, tile, method, y_view[whole + out_box],
-                         slots)
+    # Large calls split their batch between cores (see gpu_tconv.cpu_threads), each part
+    # within its share of the temporaries' budget.
+    parts = _parts(g)
+    budget = TEMP_BUDGET_BYTES // parts
+
+    def part(k: int, slot: int) -> None:
+        samples = slice(g.batch * k // parts, g.batch * (k + 1) // parts)
+        gk = replace(g, batch=samples.stop - samples.start)
+        # NaN, infinities and float16 overflow are results here, as in PyTorch, not errors.
+        with np.errstate(all="ignore"):
+            for in_box, out_box, tile in _tiles(gk, method, compute.itemsize, budget):
+                where = (samples, slice(None)) + out_box
+                if tile is None:  # no input reaches this box: only the bias does
+                    y_view[where] = 0 if bias is None else \
+                        bias.reshape((g.c_out,) + (1,) * g.rank)
+                else:
+                    _compute(x[(samples, slice(None)) + in_box], w, bias, tile, method,
+                             y_view[where], budget)
+
+    cpu_threads.run_pieces([functools.partial(part, k) for k in range(parts)], parts)
     return y
 
 
@@ -178,33 +188,26 @@ def _frame(g: Geometry) -> tuple[int, ...]:
     return tuple(max([n] + [ph.size[a] for ph in phases]) for a, n in enumerate(g.in_size))
 
 
-#: Bytes of one phase's tap blocks (over the whole batch) from which phases are computed
-#: on several cores at once: below it, handing work to threads costs more than the
-#: additions it lets overlap with GEMMs.
-PARALLEL_MIN_BYTES = 4 * 2**20
+#: Flops of a call from which its batch is split between cores: below it, handing work
+#: to threads costs more than it saves.
+PARALLEL_MIN_FLOPS = 500e6
 
 
-def _slots(g: Geometry, method: str, itemsize: int) -> int:
-    """Phases computed at once: one per core (see :mod:`gpu_tconv.cpu_threads`) when
-    phases add several taps' blocks and those are large, else 1."""
-    phases = _phases(g)
-    most_taps = max(len(ph.taps) for ph in phases)
-    block = most_taps * (g.c_out if method == "scatter" else g.c_in) \
-        * math.prod(_frame(g)) * g.batch * itemsize
-    if most_taps < 2 or block < PARALLEL_MIN_BYTES:
+def _parts(g: Geometry) -> int:
+    """Parts of the batch computed at once, one per core (see :mod:`gpu_tconv.cpu_threads`)."""
+    if g.batch < 2 or g.flops < PARALLEL_MIN_FLOPS:
         return 1
-    return max(1, min(len(phases), cpu_threads.blas_threads()))
+    return max(1, min(g.batch, cpu_threads.blas_threads()))
 
 
-def _per_sample(g: Geometry, method: str, slots: int = 1) -> int:
+def _per_sample(g: Geometry, method: str) -> int:
     """Elements of temporaries per sample of a batch chunk: every phase's accumulator,
-    the transposed input, and per slot (phases computed at once) the block of all of a
-    phase's taps, in the frame layout."""
+    the transposed input, and the block of all of a phase's taps, in the frame layout."""
     frame = math.prod(_frame(g))
     phases = _phases(g)
     most_taps = max(len(ph.taps) for ph in phases)
     return frame * (len(phases) * g.c_out + g.c_in
-                    + slots * most_taps * (g.c_out if method == "scatter" else g.c_in))
+                    + most_taps * (g.c_out if method == "scatter" else g.c_in))
 
 
 def _box(g: Geometry, box: tuple[tuple[int, int], ...]):
@@ -229,19 +232,15 @@ def _box(g: Geometry, box: tuple[tuple[int, int], ...]):
     return tuple(slice(lo, hi) for lo, hi in ins), tile
 
 
-def _tiles(g: Geometry, method: str, itemsize: int, slots: int) -> tuple:
-    """Split the output into boxes whose one-sample temporaries fit the budget.
+@functools.lru_cache(maxsize=64)
+def _tiles(g: Geometry, method: str, itemsize: int, budget: int) -> tuple:
+    """Split the output into boxes whose one-sample temporaries fit ``budget`` bytes
+    (pure shape arithmetic, cached).
 
     Returns ``(input slices, output slices, geometry of the box)`` per box; the geometry
     is ``None`` where no input reaches the box.
     """
-    return _box_plan(g, method, itemsize, slots, TEMP_BUDGET_BYTES)
-
-
-@functools.lru_cache(maxsize=64)
-def _box_plan(g: Geometry, method: str, itemsize: int, slots: int, budget: int) -> tuple:
-    """:func:`_tiles` for a given budget (pure shape arithmetic, cached)."""
-    needed = -(-_per_sample(g, method, slots) * itemsize // budget)
+    needed = -(-_per_sample(g, method) * itemsize // budget)
     while True:
         per_dim, rest = [], needed
         for out in g.out_size:  # split the leading dimensions first
@@ -251,7 +250,7 @@ def _box_plan(g: Geometry, method: str, itemsize: int, slots: int, budget: int) 
         boxes = [(box, _box(g, box)) for box in itertools.product(*per_dim)]
         # The inputs a box needs reach beyond its share (the kernel's halo): split
         # further until every box fits, or boxes are single outputs.
-        largest = max((_per_sample(t[1], method, slots) * itemsize for _, t in boxes if t),
+        largest = max((_per_sample(t[1], method) * itemsize for _, t in boxes if t),
                       default=0)
         if largest <= budget or list(map(len, per_dim)) == list(g.out_size):
             break
@@ -262,10 +261,10 @@ def _box_plan(g: Geometry, method: str, itemsize: int, slots: int, budget: int) 
 
 
 def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
-             method: str, y: np.ndarray, slots: int) -> None:
+             method: str, y: np.ndarray, budget: int) -> None:
     """Compute the transposed convolution of ``g`` into the (possibly strided) view ``y``;
     ``w`` is the weight as (G, C_in/G, taps, C_out/G), contiguous, in the compute type;
-    up to ``slots`` phases are computed at once.
+    temporaries within ``budget`` bytes.
 
     The input and every phase's accumulator share one layout, (nb, *frame) flattened, so
     that a tap's shift is one flat offset: moving a tap's block into place is a single
@@ -284,8 +283,7 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     offsets_of = [[sum(q * st for q, st in zip(t.shift, steps)) for t in ph.taps]
                   for ph in phases]
     most_taps = max(len(ph.taps) for ph in phases)
-    chunk = min(g.batch, max(1, TEMP_BUDGET_BYTES // compute.itemsize
-                             // _per_sample(g, method, slots)))
+    chunk = min(g.batch, max(1, budget // compute.itemsize // _per_sample(g, method)))
 
     # Per phase, its taps stacked for one GEMM per group and column tile, as (G, 1, rows,
     # columns): transposed views of the phase's taps (G, C_in/G, taps, C_out/G), which
@@ -304,12 +302,12 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     # (gather); where the frame exceeds x it holds stale values, which reach nothing
     # (every tap's unreached positions are zeroed). Every phase's accumulator is kept, so
     # that the output is written a block of samples and channels at a time, all phases
-    # together, while the block is in cache. Each slot has its own block of taps.
+    # together, while the block is in cache.
     width_max = _padded(chunk * pixels)
-    taps_size = most_taps * width_max * (g.c_out if method == "scatter" else g.c_in)
-    sizes = [g.c_in * width_max, len(phases) * g.c_out * width_max] + [taps_size] * slots
+    sizes = [g.c_in * width_max, len(phases) * g.c_out * width_max,
+             most_taps * width_max * (g.c_out if method == "scatter" else g.c_in)]
     scratch = _scratch(sum(sizes) * compute.itemsize).view(compute)
-    x_buf, acc_buf, *taps_bufs = np.split(scratch, np.cumsum(sizes)[:-1])
+    x_buf, acc_buf, taps_buf = np.split(scratch, np.cumsum(sizes)[:-1])
     x_buf = x_buf.reshape(groups, cin_g, width_max)
     inside = (slice(None),) * 3 + tuple(slice(0, n) for n in g.in_size)
 
@@ -327,7 +325,7 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             if r.stop < n:
                 view[lead + (slice(r.stop, None),)] = 0
 
-    def phase(p: int, nb: int, slot: int) -> None:
+    def phase(p: int, nb: int) -> None:
         """Accumulate phase ``p`` of a chunk of ``nb`` samples into its accumulator."""
         ph, offsets = phases[p], offsets_of[p]
         used, width = nb * pixels, _padded(nb * pixels)
@@ -339,7 +337,7 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         # taps, columns) for gather; block j below is tap j's.
         shape = (groups, len(ph.taps), cout_g) if method == "scatter" else \
             (groups, cin_g, len(ph.taps))
-        cols = taps_bufs[slot][:math.prod(shape) * width].reshape(shape + (width,))
+        cols = taps_buf[:math.prod(shape) * width].reshape(shape + (width,))
         if method == "gather" and ph.taps:
             # Each tap's input shifted into place (the lattice index is the input index
             # plus the shift), zero where the tap reaches nothing; then one GEMM per
@@ -374,8 +372,6 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         if bias is not None:
             acc += bias_cols
 
-    # The phases with most taps first, so that the last ones to start are short.
-    order = sorted(range(len(phases)), key=lambda p: -len(phases[p].taps))
     for n0 in range(0, g.batch, chunk):
         nb = min(chunk, g.batch - n0)
         used, width = nb * pixels, _padded(nb * pixels)
@@ -385,20 +381,11 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         np.copyto(x_cols[:, :, :used].reshape((groups, cin_g, nb) + frame)[inside],
                   x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size)
                   .transpose((1, 2, 0) + tuple(range(3, 3 + rank))))
-        cpu_threads.run_pieces([functools.partial(phase, p, nb) for p in order], slots)
+        for p in range(len(phases)):
+            phase(p, nb)
         accs = [acc_buf[p * g.c_out * width:(p + 1) * g.c_out * width].reshape(
             groups, cout_g, width)[:, :, :used] for p in range(len(phases))]
-
-        def write(lo: int, hi: int, slot: int) -> None:
-            """Write samples ``lo:hi`` of the chunk: pieces on several cores, since one
-            core does not use all of the memory bandwidth that bounds the write."""
-            part = [a.reshape(a.shape[:2] + (nb, pixels))[:, :, lo:hi].reshape(
-                a.shape[:2] + (-1,)) for a in accs]
-            _write(y[n0 + lo:n0 + hi], part, phases, g, frame)
-
-        pieces = min(slots, nb)
-        cpu_threads.run_pieces([functools.partial(write, nb * k // pieces, nb * (k + 1) // pieces)
-                                for k in range(pieces)], slots)
+        _write(y[n0:n0 + nb], accs, phases, g, frame)
 
 
 def _sum_first_two(acc: np.ndarray, blocks: list[tuple[np.ndarray, int]]) -> None:
@@ -420,29 +407,40 @@ def _sum_first_two(acc: np.ndarray, blocks: list[tuple[np.ndarray, int]]) -> Non
             acc[..., a:b] = 0
 
 
-_SCRATCH = threading.local()
+#: Scratch memory per thread (the thread itself is the key, so that the memory goes with
+#: the thread).
+_SCRATCH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SCRATCH_LOCK = threading.Lock()
 
 
 def _scratch(nbytes: int) -> np.ndarray:
     """``nbytes`` of this thread's scratch memory, kept between calls (at most about
-    :data:`TEMP_BUDGET_BYTES`): freshly mapped memory costs a page fault per page, which
-    on small layers takes longer than the arithmetic."""
-    held = getattr(_SCRATCH, "buffer", None)
-    if held is None or held.nbytes < nbytes:
-        _SCRATCH.buffer = None  # let the old buffer go before mapping the new one
-        held = _SCRATCH.buffer = np.empty(nbytes, np.uint8)
+    :data:`TEMP_BUDGET_BYTES` per thread): freshly mapped memory costs a page fault per
+    page, which on small layers takes longer than the arithmetic."""
+    thread = threading.current_thread()
+    with _SCRATCH_LOCK:
+        held = _SCRATCH.get(thread)
+        if held is None or held.nbytes < nbytes:
+            _SCRATCH.pop(thread, None)  # let the old buffer go before mapping the new one
+            held = None
+    if held is None:
+        held = np.empty(nbytes, np.uint8)
+        with _SCRATCH_LOCK:
+            _SCRATCH[thread] = held
     return held[:nbytes]
 
 
 def scratch_bytes() -> int:
-    """Bytes of scratch memory this thread holds between calls."""
-    held = getattr(_SCRATCH, "buffer", None)
-    return 0 if held is None else held.nbytes
+    """Bytes of scratch memory held between calls, by every thread."""
+    with _SCRATCH_LOCK:
+        return sum(held.nbytes for held in _SCRATCH.values())
 
 
 def release_scratch() -> None:
-    """Return this thread's scratch memory (the next call maps it again)."""
-    _SCRATCH.buffer = None
+    """Return every thread's scratch memory (the next call maps it again; a call still
+    running keeps what it uses until it ends)."""
+    with _SCRATCH_LOCK:
+        _SCRATCH.clear()
 
 
 #: Bytes of output written per block: every phase's share of a block goes out while the

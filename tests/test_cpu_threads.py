@@ -1,4 +1,5 @@
-"""Phases on several cores: the same bits as one after another, BLAS left as it was."""
+"""Parts of a batch on several cores: the same bits as one after another, BLAS left as
+it was."""
 
 import threading
 from unittest.mock import patch
@@ -22,7 +23,7 @@ def _blas_counts() -> list[int]:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gemm_bits_do_not_depend_on_blas_threads(dtype):
-    # What running phases with fewer BLAS threads each relies on.
+    # What running parts with fewer BLAS threads each relies on.
     rng = np.random.default_rng(0)
     for m, k in [(1, 1), (3, 5), (24, 16), (31, 64), (128, 64), (200, 27), (512, 256)]:
         a = rng.standard_normal((2, 1, m, k)).astype(dtype)
@@ -37,36 +38,36 @@ def test_gemm_bits_do_not_depend_on_blas_threads(dtype):
 
 @settings(max_examples=40)
 @given(p=problems(), method=st.sampled_from(["scatter", "gather"]))
-def test_phases_on_several_cores_give_the_same_bits(p: Problem, method):
+def test_parts_on_several_cores_give_the_same_bits(p: Problem, method):
     p = p.astype(np.float32)
     g = geometry_from_shapes(p.x.shape, p.weight.shape, None if p.bias is None else p.bias.shape,
                              **p.params)
-    with patch.object(numpy_backend, "PARALLEL_MIN_BYTES", 1 << 62):
+    with patch.object(numpy_backend, "PARALLEL_MIN_FLOPS", float("inf")):
         alone = numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method=method)
-    with patch.object(numpy_backend, "PARALLEL_MIN_BYTES", 0):
+    with patch.object(numpy_backend, "PARALLEL_MIN_FLOPS", 0):
         together = numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method=method)
     assert together.tobytes() == alone.tobytes()
     assert_close(together, conv_transpose_reference(p.x, p.weight, p.bias, **p.params), p,
                  np.float32)
 
 
-def test_a_large_layer_runs_its_phases_at_once_and_restores_blas(monkeypatch):
+def test_a_large_layer_splits_its_batch_and_restores_blas(monkeypatch):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((8, 64, 32, 32)).astype(np.float32)
     w = rng.standard_normal((64, 32, 4, 4)).astype(np.float32)
     g = geometry_from_shapes(x.shape, w.shape, stride=2, padding=1)
-    assert numpy_backend._slots(g, "scatter", 4) == min(4, cpu_threads.blas_threads())
+    assert numpy_backend._parts(g) == min(8, cpu_threads.blas_threads())
     before = _blas_counts()
     seen = []
     run_pieces = cpu_threads.run_pieces
 
     def spy(pieces, slots):
-        seen.append((len(pieces), slots, threading.current_thread().name))
+        seen.append(len(pieces))
         return run_pieces(pieces, slots)
 
     monkeypatch.setattr(cpu_threads, "run_pieces", spy)
     y = numpy_backend.conv_transpose(x, w, None, g)
-    assert seen and seen[0][0] == 4  # the four phases
+    assert seen == [numpy_backend._parts(g)]
     assert _blas_counts() == before
     np.testing.assert_allclose(y, conv_transpose_reference(x.astype(np.float64),
                                                            w.astype(np.float64), stride=2,
