@@ -74,6 +74,15 @@ class _Phase:
 
 
 @functools.lru_cache(maxsize=64)
+def _flat_offsets(g: Geometry) -> tuple[tuple[int, ...], ...]:
+    """Per phase, each tap's shift as one flat offset in the frame (cached)."""
+    frame = _frame(g)
+    steps = [math.prod(frame[a + 1:]) for a in range(g.rank)]  # one step along each axis
+    return tuple(tuple(sum(q * st for q, st in zip(t.shift, steps)) for t in ph.taps)
+                 for ph in _phases(g))
+
+
+@functools.lru_cache(maxsize=64)
 def _phases(g: Geometry) -> tuple[_Phase, ...]:
     """Group the taps by the output phase they write to (pure shape arithmetic, cached)."""
     per_dim = []
@@ -181,6 +190,7 @@ def _padded(n: int) -> int:
     return -(-n // GEMM_TILE) * GEMM_TILE
 
 
+@functools.lru_cache(maxsize=64)
 def _frame(g: Geometry) -> tuple[int, ...]:
     """Per dimension, the extent of the layout shared by the input and every phase's
     accumulator: the larger of the input and the largest phase lattice."""
@@ -277,11 +287,7 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     phases = _phases(g)
     frame = _frame(g)
     pixels = math.prod(frame)
-    # Flat offset of one step along each dimension of the frame.
-    steps = [math.prod(frame[a + 1:]) for a in range(rank)]
-    # Per phase, each tap's shift as one flat offset in the frame.
-    offsets_of = [[sum(q * st for q, st in zip(t.shift, steps)) for t in ph.taps]
-                  for ph in phases]
+    offsets_of = _flat_offsets(g)
     most_taps = max(len(ph.taps) for ph in phases)
     chunk = min(g.batch, max(1, budget // compute.itemsize // _per_sample(g, method)))
 
@@ -307,7 +313,7 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     sizes = [g.c_in * width_max, len(phases) * g.c_out * width_max,
              most_taps * width_max * (g.c_out if method == "scatter" else g.c_in)]
     scratch = _scratch(sum(sizes) * compute.itemsize).view(compute)
-    x_buf, acc_buf, taps_buf = np.split(scratch, np.cumsum(sizes)[:-1])
+    x_buf, acc_buf, taps_buf = (scratch[sum(sizes[:k]):sum(sizes[:k + 1])] for k in range(3))
     x_buf = x_buf.reshape(groups, cin_g, width_max)
     inside = (slice(None),) * 3 + tuple(slice(0, n) for n in g.in_size)
 
