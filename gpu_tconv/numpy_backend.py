@@ -12,15 +12,20 @@ phase is accumulated, the output is written a cache-sized block of samples and
 channels at a time, all phases of the block together. There is no zero insertion and
 no Python loop over pixels; Python loops run over phases, taps and output blocks.
 
+Cores: a large call (:data:`PARALLEL_MIN_FLOPS`) splits its batch into one part per
+core, each computed with BLAS limited to that core (:mod:`gpu_tconv.cpu_threads`), so
+that one part's additions and copies overlap another's GEMMs.
+
 Memory: temporaries (the input chunk, every phase's accumulator, the columns of one
-phase's taps) live in per-thread scratch memory that is kept between calls, because
-mapping fresh memory costs a page fault per page, which rivals the arithmetic of small
-layers. The batch, and for very large samples the output itself (in boxes, each
-computed from the inputs that reach it), are split so that the scratch stays within
-:data:`TEMP_BUDGET_BYTES`, plus the zero padding of the last GEMM tile (fewer than
-:data:`GEMM_TILE` columns per row of each buffer), a copy of the weights and the
-per-phase stacks of it. :func:`release_scratch` returns the scratch memory. float16 is
-computed in float32 and rounded once, when the result is stored.
+phase's taps) live in scratch memory kept between calls, per thread, because mapping
+fresh memory costs a page fault per page, which rivals the arithmetic of small layers.
+The batch, and for very large samples the output itself (in boxes, each computed from
+the inputs that reach it), are split so that a call's scratch stays within
+:data:`TEMP_BUDGET_BYTES` (shared between its parts), plus the zero padding of the last
+GEMM tile (fewer than :data:`GEMM_TILE` columns per row of each buffer), a copy of the
+weights and the per-phase stacks of it. :func:`release_scratch` returns the scratch
+memory of every thread. float16 is computed in float32 and rounded once, when the
+result is stored.
 
 Results are bit for bit the same however the batch is chunked and the output boxed,
 and for any slice of the input (each output's sum has a fixed shape and order: see
