@@ -87,6 +87,46 @@ def _flat_offsets(g: Geometry) -> tuple[tuple[int, ...], ...]:
                  for ph in _phases(g))
 
 
+@dataclass(frozen=True)
+class _GatherPlan:
+    """How the gather formulation takes one phase's taps (product of per-dimension tap
+    lists, the last dimension varying fastest)."""
+    last_shifts: tuple[int, ...]               # per tap of the last dimension: its shift
+    last_reach: tuple[slice | None, ...]       # ... and the lattice range it reaches
+    # Per combination of the other dimensions' taps: the flat offset of its shift, the
+    # lattice ranges it reaches in those dimensions (None: none), and its taps' flat
+    # kernel indices, one per tap of the last dimension.
+    groups: tuple[tuple[int, tuple[slice, ...] | None, tuple[int, ...]], ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _gather_plans(g: Geometry) -> tuple[_GatherPlan, ...]:
+    """Per phase, its :class:`_GatherPlan` (cached)."""
+    frame = _frame(g)
+    steps = [math.prod(frame[a + 1:]) for a in range(g.rank)]
+
+    def reach(a: int, q: int, size: int) -> slice | None:
+        # Lattice j takes input j - q: j in [0, size) with j - q in [0, n_in).
+        lo, hi = max(0, q), min(size, g.in_size[a] + q)
+        return slice(lo, hi) if lo < hi else None
+
+    plans = []
+    for ph in _phases(g):
+        last = len({t.shift[-1] for t in ph.taps})
+        groups = []
+        for k in range(0, len(ph.taps), max(last, 1)):
+            shift = ph.taps[k].shift[:-1]
+            reaches = tuple(reach(a, q, ph.size[a]) for a, q in enumerate(shift))
+            groups.append((sum(q * st for q, st in zip(shift, steps)),
+                           None if None in reaches else reaches,
+                           tuple(t.flat for t in ph.taps[k:k + last])))
+        plans.append(_GatherPlan(
+            tuple(t.shift[-1] for t in ph.taps[:last]),
+            tuple(reach(g.rank - 1, t.shift[-1], ph.size[-1]) for t in ph.taps[:last]),
+            tuple(groups)))
+    return tuple(plans)
+
+
 @functools.lru_cache(maxsize=64)
 def _phases(g: Geometry) -> tuple[_Phase, ...]:
     """Group the taps by the output phase they write to (pure shape arithmetic, cached)."""
@@ -216,13 +256,17 @@ def _parts(g: Geometry) -> int:
 
 
 def _per_sample(g: Geometry, method: str) -> int:
-    """Elements of temporaries per sample of a batch chunk: every phase's accumulator,
-    the transposed input, and the block of all of a phase's taps, in the frame layout."""
+    """Elements of temporaries per sample of a batch chunk, in the frame layout: every
+    phase's accumulator, the transposed input, and the work of one phase: all of its
+    taps' blocks (scatter), or its input shifted for each tap of the last dimension and
+    one group's GEMM result (gather)."""
     frame = math.prod(_frame(g))
     phases = _phases(g)
-    most_taps = max(len(ph.taps) for ph in phases)
-    return frame * (len(phases) * g.c_out + g.c_in
-                    + most_taps * (g.c_out if method == "scatter" else g.c_in))
+    if method == "scatter":
+        work = max(len(ph.taps) for ph in phases) * g.c_out
+    else:
+        work = max(len(plan.last_shifts) for plan in _gather_plans(g)) * g.c_in + g.c_out
+    return frame * (len(phases) * g.c_out + g.c_in + work)
 
 
 def _box(g: Geometry, box: tuple[tuple[int, int], ...]):
@@ -300,11 +344,15 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     # columns): transposed views of the phase's taps (G, C_in/G, taps, C_out/G), which
     # BLAS takes as they are. Rows (tap, C_out/G) by C_in/G for scatter; C_out/G by
     # (C_in/G, tap) for gather.
-    taps_of = [w[:, :, [t.flat for t in ph.taps]] for ph in phases]
     if method == "scatter":
-        lhs = [t.reshape(groups, cin_g, -1).swapaxes(1, 2)[:, None] for t in taps_of]
-    else:
-        lhs = [t.reshape(groups, -1, cout_g).swapaxes(1, 2)[:, None] for t in taps_of]
+        lhs = [w[:, :, [t.flat for t in ph.taps]].reshape(groups, cin_g, -1)
+               .swapaxes(1, 2)[:, None] for ph in phases]
+    else:  # per group of taps: (G, 1, C_out/G, C_in/G x taps of the last dimension)
+        plans = _gather_plans(g)
+        lhs = [[w[:, :, list(flat)].reshape(groups, -1, cout_g).swapaxes(1, 2)[:, None]
+                for _, _, flat in plan.groups] for plan in plans]
+        # The shifted inputs are read at each group's flat offset: margins either side.
+        margin = max((abs(off) for plan in plans for off, _, _ in plan.groups), default=0)
     bias_cols = None if bias is None else bias.astype(compute).reshape(groups, cout_g, 1)
 
     # Temporaries come from the thread's scratch memory, reused for every phase, chunk
@@ -315,8 +363,13 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     # that the output is written a block of samples and channels at a time, all phases
     # together, while the block is in cache.
     width_max = _padded(chunk * pixels)
-    sizes = [g.c_in * width_max, len(phases) * g.c_out * width_max,
-             most_taps * width_max * (g.c_out if method == "scatter" else g.c_in)]
+    if method == "scatter":
+        work = most_taps * width_max * g.c_out
+    else:
+        last_most = max(len(plan.last_shifts) for plan in plans)
+        row = margin + width_max + margin
+        work = last_most * g.c_in * row + g.c_out * width_max
+    sizes = [g.c_in * width_max, len(phases) * g.c_out * width_max, work]
     scratch = _scratch(sum(sizes) * compute.itemsize).view(compute)
     x_buf, acc_buf, taps_buf = (scratch[sum(sizes[:k]):sum(sizes[:k + 1])] for k in range(3))
     x_buf = x_buf.reshape(groups, cin_g, width_max)
@@ -336,6 +389,46 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             if r.stop < n:
                 view[lead + (slice(r.stop, None),)] = 0
 
+    def _gather_phase(p: int, nb: int, x_cols: np.ndarray, acc_cols: np.ndarray) -> None:
+        """The gather formulation of phase ``p``: the input shifted once per tap of the
+        last dimension (a contiguous copy each, zero where that tap reaches nothing),
+        then per combination of the other dimensions' taps one GEMM over those copies,
+        read at the combination's flat offset (a view, not a copy); outputs whose input
+        lies outside those dimensions' reach are zeroed, and the groups are summed."""
+        plan = plans[p]
+        used, width = nb * pixels, _padded(nb * pixels)
+        last = len(plan.last_shifts)
+        row = margin + width + margin
+        # (G, C_in/G, taps of the last dimension, margin + columns + margin)
+        shifted = taps_buf[:groups * cin_g * last * row].reshape(groups, cin_g, last, row)
+        for j, (q, reach) in enumerate(zip(plan.last_shifts, plan.last_reach)):
+            block = shifted[:, :, j, margin:margin + used]
+            if reach is None:
+                block.fill(0)
+                continue
+            lo, hi = max(0, q), used + min(0, q)
+            # What is not copied (before lo, after hi) is unreached: zeroed here.
+            block[..., lo:hi] = x_cols[:, :, lo - q:hi - q]
+            unreached(block, tuple(slice(0, n) for n in frame[:-1]) + (reach,), nb)
+        acc = acc_cols[:, :, :used]
+        result = taps_buf[shifted.size:shifted.size + g.c_out * width].reshape(
+            groups, cout_g, width)
+        first = True
+        for (off, reach, _), weights in zip(plan.groups, lhs[p]):
+            if reach is None:  # adds nothing anywhere
+                continue
+            rows = shifted[..., margin - off:margin - off + width].reshape(groups, -1, width)
+            out = acc_cols if first else result
+            np.matmul(weights, tiled(rows), out=tiled(out))
+            unreached(out[:, :, :used], reach + (slice(0, frame[-1]),), nb)
+            if not first:
+                acc += result[:, :, :used]
+            first = False
+        if first:
+            acc.fill(0)
+        if bias is not None:
+            acc += bias_cols
+
     def phase(p: int, nb: int) -> None:
         """Accumulate phase ``p`` of a chunk of ``nb`` samples into its accumulator."""
         ph, offsets = phases[p], offsets_of[p]
@@ -344,30 +437,13 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         acc_cols = acc_buf[p * g.c_out * width:(p + 1) * g.c_out * width].reshape(
             groups, cout_g, width)
         acc = acc_cols[:, :, :used]
-        # The phase's GEMM rows: (G, taps, C_out/G, columns) for scatter, (G, C_in/G,
-        # taps, columns) for gather; block j below is tap j's.
-        shape = (groups, len(ph.taps), cout_g) if method == "scatter" else \
-            (groups, cin_g, len(ph.taps))
-        cols = taps_buf[:math.prod(shape) * width].reshape(shape + (width,))
-        if method == "gather" and ph.taps:
-            # Each tap's input shifted into place (the lattice index is the input index
-            # plus the shift), zero where the tap reaches nothing; then one GEMM per
-            # column tile sums all taps.
-            cols[..., used:] = 0
-            for j, (tap, off) in enumerate(zip(ph.taps, offsets)):
-                block = cols[:, :, j, :used]
-                if tap.dst is None:
-                    block.fill(0)
-                    continue
-                lo, hi = max(0, off), used + min(0, off)
-                # What is not copied (before lo, after hi) is unreached: zeroed here.
-                block[..., lo:hi] = x_cols[:, :, lo - off:hi - off]
-                unreached(block, tap.dst, nb)
-            np.matmul(lhs[p], tiled(cols.reshape(groups, -1, width)), out=tiled(acc_cols))
-            if bias is not None:
-                acc += bias_cols
+        if method == "gather":
+            _gather_phase(p, nb, x_cols, acc_cols)
             return
-        if method == "scatter" and ph.taps:
+        # The phase's GEMM rows, (G, taps, C_out/G, columns): block j is tap j's.
+        shape = (groups, len(ph.taps), cout_g)
+        cols = taps_buf[:math.prod(shape) * width].reshape(shape + (width,))
+        if ph.taps:
             np.matmul(lhs[p], tiled(x_cols), out=tiled(cols.reshape(groups, -1, width)))
         # Each tap's block added at its flat shift, in tap order, then the bias.
         reaching = []
