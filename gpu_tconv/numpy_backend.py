@@ -3,11 +3,13 @@
 Method (GEMM + col2im by output phase): along each dimension, tap ``k`` sends input
 ``i`` to output ``o = i*stride + k*dilation - padding``, so every tap writes to one
 residue class ``o mod stride`` (its *phase*), shifted by a whole number of strides.
-For each phase, the taps that write to it are contracted with the input in one BLAS
-call per group and column tile (``taps*C_out/G x C_in/G`` by ``C_in/G x batch*pixels``,
-or the gather formulation: ``C_out/G x C_in/G*taps`` by the taps' shifted inputs).
-The input and the accumulators share one flattened layout, so a tap's shift is a
-single offset and its contribution one contiguous slice addition (or copy). Once every
+For each phase, the taps that write to it are contracted with the input in BLAS calls
+per group and column tile of fixed shape: ``taps*C_out/G x C_in/G`` by
+``C_in/G x batch*pixels`` and each tap's block added in place (scatter), or
+``C_out/G x C_in/G*taps`` by the input shifted for each tap of the last dimension, once
+per combination of the other dimensions' taps (gather). The input and the accumulators
+share one flattened layout, so a tap's shift is a single offset and its contribution
+one contiguous slice addition, copy or view. Once every
 phase is accumulated, the output is written a cache-sized block of samples and
 channels at a time, all phases of the block together. There is no zero insertion and
 no Python loop over pixels; Python loops run over phases, taps and output blocks.
@@ -164,11 +166,11 @@ def choose_method(g: Geometry) -> str:
 
     ``scatter`` multiplies first and then adds each tap's block (C_out values per input
     pixel and tap) into the accumulator: about 3 C_out memory passes per pixel and tap;
-    ``gather`` first copies each tap's shifted input (C_in values per output pixel of a
-    phase, about one per input pixel) and then multiplies, writing every output once:
-    about 2 C_in (depthwise layers included: their GEMMs are short, but few). The
-    choice depends on channels only, never on sizes, so that any slice of a problem is
-    computed the same way as the whole (see :data:`GEMM_TILE`).
+    ``gather`` first copies the shifted input (C_in values per pixel and tap of the last
+    dimension) and then multiplies, writing each group's outputs once: about 2 C_in
+    (depthwise layers included: their GEMMs are short, but few). The choice depends on
+    channels only, never on sizes; either way any slice of a problem gets the bits of
+    the whole (see :data:`GEMM_TILE`).
     """
     return "gather" if 2 * g.c_in < 3 * g.c_out else "scatter"
 
