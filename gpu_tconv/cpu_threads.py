@@ -36,7 +36,7 @@ def blas_threads() -> int:
         if _controller is None:  # scanning the loaded libraries takes milliseconds: once
             _controller = ThreadpoolController()
         counts = [lib.num_threads for lib in _controller.select(user_api="blas").lib_controllers]
-    return max(counts, default=os.cpu_count() or 1)
+    return max(counts) if counts else os.cpu_count() or 1
 
 
 def run_pieces(pieces: Sequence[Callable[[int], None]], slots: int) -> None:
