@@ -28,6 +28,16 @@ _busy = False          # a call is running pieces (and holds BLAS's thread count
 _pool: ThreadPoolExecutor | None = None
 
 
+def _forget_after_fork() -> None:
+    # A forked child has none of the parent's threads: a pool that refers to them would
+    # never run a task, and a call the parent was running is not running here.
+    global _pool, _busy, _LOCK
+    _pool, _busy, _LOCK = None, False, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def blas_threads() -> int:
     """Threads BLAS uses now: the cores this process computes on (1 while a call runs
     pieces, which makes overlapping calls run theirs in order)."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 import threading
 import weakref
 from dataclasses import dataclass, replace
@@ -500,6 +501,15 @@ def _sum_first_two(acc: np.ndarray, blocks: list[tuple[np.ndarray, int]]) -> Non
 #: the thread).
 _SCRATCH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _SCRATCH_LOCK = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    # A fork while another thread held the lock would leave it held in the child forever.
+    global _SCRATCH_LOCK
+    _SCRATCH_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def _scratch(nbytes: int) -> np.ndarray:

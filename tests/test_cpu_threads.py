@@ -1,6 +1,7 @@
 """Parts of a batch on several cores: the same bits as one after another, BLAS left as
 it was."""
 
+import multiprocessing
 import threading
 from unittest.mock import patch
 from concurrent.futures import ThreadPoolExecutor
@@ -114,3 +115,17 @@ def test_no_two_running_pieces_share_a_slot():
     cpu_threads.run_pieces([piece] * 40, 3)
     assert not clashes
     assert set(holders) <= set(range(3))
+
+
+def test_a_forked_child_computes_in_parts():
+    # The parent's pool has threads; a child made by fork has none of them.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 8, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    g = geometry_from_shapes(x.shape, w.shape, stride=2, padding=1)
+    with patch.object(numpy_backend, "PARALLEL_MIN_FLOPS", 0):
+        expected = numpy_backend.conv_transpose(x, w, None, g)  # the pool exists now
+        context = multiprocessing.get_context("fork")
+        with context.Pool(1) as pool:
+            result = pool.apply_async(numpy_backend.conv_transpose, (x, w, None, g))
+            assert result.get(timeout=60).tobytes() == expected.tobytes()
