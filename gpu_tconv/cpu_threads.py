@@ -49,15 +49,13 @@ def blas_threads() -> int:
     return max(counts) if counts else os.cpu_count() or 1
 
 
-def run_pieces(pieces: Sequence[Callable[[int], None]], slots: int) -> None:
-    """Run ``pieces`` on up to ``slots`` cores at once. Each is called with the number of
-    the slot (below ``slots``) whose buffers it may use; no two running pieces share a
-    slot. With one core or one piece, or while another call runs its pieces, they run
-    in order on this thread. NumPy's floating-point warnings are off inside them, as in
-    the backend."""
+def run_pieces(pieces: Sequence[Callable[[], None]], cores: int) -> None:
+    """Run ``pieces``, which share no buffers, on up to ``cores`` cores at once. With one
+    core or one piece, or while another call runs its pieces, they run in order on this
+    thread. NumPy's floating-point warnings are off inside them, as in the backend."""
     global _busy, _pool
     threads = blas_threads()
-    workers = min(slots, len(pieces), threads)
+    workers = min(cores, len(pieces), threads)
     with _LOCK:
         mine = workers > 1 and not _busy
         if mine:
@@ -67,31 +65,18 @@ def run_pieces(pieces: Sequence[Callable[[int], None]], slots: int) -> None:
             pool = _pool
     if not mine:
         for piece in pieces:
-            piece(0)
+            piece()
         return
-    free = list(range(workers))
-    free_lock = threading.Lock()
-    gate = threading.Semaphore(workers)
 
-    def run(piece: Callable[[int], None]) -> None:
-        with free_lock:
-            slot = free.pop()
-        try:
-            with np.errstate(all="ignore"):
-                piece(slot)
-        finally:
-            with free_lock:
-                free.append(slot)
-            gate.release()
+    def run(piece: Callable[[], None]) -> None:
+        with np.errstate(all="ignore"):
+            piece()
 
     try:
         # threadpoolctl lets only the thread that lowered the count restore it: this one.
         with _controller.limit(limits=max(1, threads // workers), user_api="blas"):
-            futures = []
-            for piece in pieces:
-                gate.acquire()
-                futures.append(pool.submit(run, piece))
-            wait(futures)  # every piece has stopped using its buffers before we return
+            futures = [pool.submit(run, piece) for piece in pieces]
+            wait(futures)  # every piece has stopped before this call returns
             for future in futures:
                 future.result()
     finally:

@@ -210,7 +210,7 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     parts = _parts(g)
     budget = TEMP_BUDGET_BYTES // parts
 
-    def part(k: int, slot: int) -> None:
+    def part(k: int) -> None:
         samples = slice(g.batch * k // parts, g.batch * (k + 1) // parts)
         gk = replace(g, batch=samples.stop - samples.start)
         # NaN, infinities and float16 overflow are results here, as in PyTorch, not errors.

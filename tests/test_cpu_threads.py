@@ -62,9 +62,9 @@ def test_a_large_layer_splits_its_batch_and_restores_blas(monkeypatch):
     seen = []
     run_pieces = cpu_threads.run_pieces
 
-    def spy(pieces, slots):
+    def spy(pieces, cores):
         seen.append(len(pieces))
-        return run_pieces(pieces, slots)
+        return run_pieces(pieces, cores)
 
     monkeypatch.setattr(cpu_threads, "run_pieces", spy)
     y = numpy_backend.conv_transpose(x, w, None, g)
@@ -79,10 +79,10 @@ def test_overlapping_calls_and_failures_leave_blas_as_it_was():
     before = _blas_counts()
     inside = []
 
-    def piece(slot):
+    def piece():
         if threading.current_thread().name.startswith("gpu_tconv"):  # not run in order
             inside.append(_blas_counts())
-        if slot == 0 and len(inside) % 5 == 0:
+        if len(inside) % 7 == 0:
             raise RuntimeError("a piece fails")
 
     def call(_):
@@ -96,25 +96,6 @@ def test_overlapping_calls_and_failures_leave_blas_as_it_was():
     assert _blas_counts() == before
     if max(before) > 1:  # pieces on the pool ran with BLAS's share of the cores
         assert inside and all(max(counts) <= max(1, max(before) // 2) for counts in inside)
-
-
-def test_no_two_running_pieces_share_a_slot():
-    holders = {}
-    lock = threading.Lock()
-    clashes = []
-
-    def piece(slot):
-        with lock:
-            if holders.get(slot):
-                clashes.append(slot)
-            holders[slot] = True
-        np.ones(200_000).sum()  # work that releases the GIL
-        with lock:
-            holders[slot] = False
-
-    cpu_threads.run_pieces([piece] * 40, 3)
-    assert not clashes
-    assert set(holders) <= set(range(3))
 
 
 def test_a_forked_child_computes_in_parts():
