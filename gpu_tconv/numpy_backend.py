@@ -343,14 +343,13 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     most_taps = max(len(ph.taps) for ph in phases)
     chunk = min(g.batch, max(1, budget // compute.itemsize // _per_sample(g, method)))
 
-    # Per phase, its taps stacked for one GEMM per group and column tile, as (G, 1, rows,
-    # columns): transposed views of the phase's taps (G, C_in/G, taps, C_out/G), which
-    # BLAS takes as they are. Rows (tap, C_out/G) by C_in/G for scatter; C_out/G by
-    # (C_in/G, tap) for gather.
-    if method == "scatter":
+    # Per phase, its taps stacked for GEMMs per group and column tile, as (G, 1, rows,
+    # columns): transposed views of taps gathered from (G, C_in/G, taps, C_out/G), which
+    # BLAS takes as they are.
+    if method == "scatter":  # rows (tap, C_out/G) by C_in/G
         lhs = [w[:, :, [t.flat for t in ph.taps]].reshape(groups, cin_g, -1)
                .swapaxes(1, 2)[:, None] for ph in phases]
-    else:  # per group of taps: (G, 1, C_out/G, C_in/G x taps of the last dimension)
+    else:  # per group of taps: C_out/G by (C_in/G, tap of the last dimension)
         plans = _gather_plans(g)
         lhs = [[w[:, :, list(flat)].reshape(groups, -1, cout_g).swapaxes(1, 2)[:, None]
                 for _, _, flat in plan.groups] for plan in plans]
@@ -392,7 +391,7 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             if r.stop < n:
                 view[lead + (slice(r.stop, None),)] = 0
 
-    def _gather_phase(p: int, nb: int, x_cols: np.ndarray, acc_cols: np.ndarray) -> None:
+    def gather_phase(p: int, nb: int, x_cols: np.ndarray, acc_cols: np.ndarray) -> None:
         """The gather formulation of phase ``p``: the input shifted once per tap of the
         last dimension (a contiguous copy each, zero where that tap reaches nothing),
         then per combination of the other dimensions' taps one GEMM over those copies,
@@ -441,7 +440,7 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             groups, cout_g, width)
         acc = acc_cols[:, :, :used]
         if method == "gather":
-            _gather_phase(p, nb, x_cols, acc_cols)
+            gather_phase(p, nb, x_cols, acc_cols)
             return
         # The phase's GEMM rows, (G, taps, C_out/G, columns): block j is tap j's.
         shape = (groups, len(ph.taps), cout_g)
