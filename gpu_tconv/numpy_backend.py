@@ -81,6 +81,14 @@ class _Phase:
     taps: tuple[_Tap, ...]
 
 
+def _reach(q: int, n_in: int, size: int) -> slice | None:
+    """The lattice range ``[lo, hi)`` a tap of shift ``q`` reaches along one dimension:
+    lattice ``j`` takes input ``j - q``, with ``j`` in ``[0, size)`` and ``j - q`` in
+    ``[0, n_in)``; None when it reaches nothing."""
+    lo, hi = max(0, q), min(size, n_in + q)
+    return slice(lo, hi) if lo < hi else None
+
+
 @functools.lru_cache(maxsize=64)
 def _flat_offsets(g: Geometry) -> tuple[tuple[int, ...], ...]:
     """Per phase, each tap's shift as one flat offset in the frame (cached)."""
@@ -105,27 +113,20 @@ class _GatherPlan:
 @functools.lru_cache(maxsize=64)
 def _gather_plans(g: Geometry) -> tuple[_GatherPlan, ...]:
     """Per phase, its :class:`_GatherPlan` (cached)."""
-    frame = _frame(g)
-    steps = [math.prod(frame[a + 1:]) for a in range(g.rank)]
-
-    def reach(a: int, q: int, size: int) -> slice | None:
-        # Lattice j takes input j - q: j in [0, size) with j - q in [0, n_in).
-        lo, hi = max(0, q), min(size, g.in_size[a] + q)
-        return slice(lo, hi) if lo < hi else None
-
     plans = []
-    for ph in _phases(g):
+    for ph, offsets in zip(_phases(g), _flat_offsets(g)):
         last = len({t.shift[-1] for t in ph.taps})
         groups = []
         for k in range(0, len(ph.taps), max(last, 1)):
-            shift = ph.taps[k].shift[:-1]
-            reaches = tuple(reach(a, q, ph.size[a]) for a, q in enumerate(shift))
-            groups.append((sum(q * st for q, st in zip(shift, steps)),
-                           None if None in reaches else reaches,
+            tap = ph.taps[k]
+            reaches = tuple(_reach(q, n, size) for q, n, size
+                            in zip(tap.shift[:-1], g.in_size, ph.size))
+            # The last dimension's step is 1: without its shift, the group's offset.
+            groups.append((offsets[k] - tap.shift[-1], None if None in reaches else reaches,
                            tuple(t.flat for t in ph.taps[k:k + last])))
         plans.append(_GatherPlan(
             tuple(t.shift[-1] for t in ph.taps[:last]),
-            tuple(reach(g.rank - 1, t.shift[-1], ph.size[-1]) for t in ph.taps[:last]),
+            tuple(_reach(t.shift[-1], g.in_size[-1], ph.size[-1]) for t in ph.taps[:last]),
             tuple(groups)))
     return tuple(plans)
 
@@ -141,9 +142,9 @@ def _phases(g: Geometry) -> tuple[_Phase, ...]:
             offset = tap * d - p
             phase, shift = offset % s, offset // s  # o = s*(i + shift) + phase
             if phase in phases:
-                size = phases[phase][0]
-                lo, hi = max(0, shift), min(size, n_in + shift)
-                reach = (slice(lo, hi), slice(lo - shift, hi - shift)) if lo < hi else None
+                dst = _reach(shift, n_in, phases[phase][0])
+                reach = None if dst is None else \
+                    (dst, slice(dst.start - shift, dst.stop - shift))
                 phases[phase][1].append((tap, reach, shift))
         per_dim.append([(r, size, taps) for r, (size, taps) in phases.items()])
     result = []
@@ -431,17 +432,14 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         if bias is not None:
             acc += bias_cols
 
-    def phase(p: int, nb: int) -> None:
-        """Accumulate phase ``p`` of a chunk of ``nb`` samples into its accumulator."""
-        ph, offsets = phases[p], offsets_of[p]
-        used, width = nb * pixels, _padded(nb * pixels)
-        x_cols = x_buf[:, :, :width]
-        acc_cols = acc_buf[p * g.c_out * width:(p + 1) * g.c_out * width].reshape(
-            groups, cout_g, width)
-        acc = acc_cols[:, :, :used]
+    def phase(p: int, nb: int, x_cols: np.ndarray, acc_cols: np.ndarray) -> None:
+        """Accumulate phase ``p`` of a chunk of ``nb`` samples into ``acc_cols``."""
         if method == "gather":
             gather_phase(p, nb, x_cols, acc_cols)
             return
+        ph, offsets = phases[p], offsets_of[p]
+        used, width = nb * pixels, _padded(nb * pixels)
+        acc = acc_cols[:, :, :used]
         # The phase's GEMM rows, (G, taps, C_out/G, columns): block j is tap j's.
         shape = (groups, len(ph.taps), cout_g)
         cols = taps_buf[:math.prod(shape) * width].reshape(shape + (width,))
@@ -470,10 +468,12 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         np.copyto(x_cols[:, :, :used].reshape((groups, cin_g, nb) + frame)[inside],
                   x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size)
                   .transpose((1, 2, 0) + tuple(range(3, 3 + rank))))
+        accs = []
         for p in range(len(phases)):
-            phase(p, nb)
-        accs = [acc_buf[p * g.c_out * width:(p + 1) * g.c_out * width].reshape(
-            groups, cout_g, width)[:, :, :used] for p in range(len(phases))]
+            acc_cols = acc_buf[p * g.c_out * width:(p + 1) * g.c_out * width].reshape(
+                groups, cout_g, width)
+            phase(p, nb, x_cols, acc_cols)
+            accs.append(acc_cols[:, :, :used])
         _write(y[n0:n0 + nb], accs, phases, g, frame)
 
 
