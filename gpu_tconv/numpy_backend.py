@@ -65,20 +65,20 @@ GEMM_TILE = 2048
 
 
 @dataclass(frozen=True)
-class _Tap:
-    flat: int                          # index into the flattened kernel taps
-    dst: tuple[slice, ...] | None      # per dimension: where it lands in the phase lattice
-    src: tuple[slice, ...] | None      # per dimension: which inputs it takes (None: none)
-    shift: tuple[int, ...]             # per dimension: lattice index - input index
+class _DimTap:
+    k: int                             # kernel index along the dimension
+    shift: int                         # lattice index - input index
+    reach: slice | None                # lattice range it reaches (None: none)
 
 
 @dataclass(frozen=True)
 class _Phase:
     first: tuple[int, ...]             # per dimension: first output coordinate of the phase
     size: tuple[int, ...]              # per dimension: outputs in the phase
-    # Every tap of the phase's residue class, even one that reaches no output here: the
-    # GEMMs then have the same shape for any extent of the input, so do their roundings.
-    taps: tuple[_Tap, ...]
+    # Per dimension, every tap of the phase's residue class, even one that reaches no
+    # output here: the GEMMs then have the same shape for any extent of the input, so do
+    # their roundings. The phase's taps are all combinations of one tap per dimension.
+    taps: tuple[tuple[_DimTap, ...], ...]
 
 
 def _reach(q: int, n_in: int, size: int) -> slice | None:
@@ -87,48 +87,6 @@ def _reach(q: int, n_in: int, size: int) -> slice | None:
     ``[0, n_in)``; None when it reaches nothing."""
     lo, hi = max(0, q), min(size, n_in + q)
     return slice(lo, hi) if lo < hi else None
-
-
-@functools.lru_cache(maxsize=64)
-def _flat_offsets(g: Geometry) -> tuple[tuple[int, ...], ...]:
-    """Per phase, each tap's shift as one flat offset in the frame (cached)."""
-    frame = _frame(g)
-    steps = [math.prod(frame[a + 1:]) for a in range(g.rank)]  # one step along each axis
-    return tuple(tuple(sum(q * st for q, st in zip(t.shift, steps)) for t in ph.taps)
-                 for ph in _phases(g))
-
-
-@dataclass(frozen=True)
-class _GatherPlan:
-    """How the gather formulation takes one phase's taps (product of per-dimension tap
-    lists, the last dimension varying fastest)."""
-    last_shifts: tuple[int, ...]               # per tap of the last dimension: its shift
-    last_reach: tuple[slice | None, ...]       # ... and the lattice range it reaches
-    # Per combination of the other dimensions' taps: the flat offset of its shift, the
-    # lattice ranges it reaches in those dimensions (None: none), and its taps' flat
-    # kernel indices, one per tap of the last dimension.
-    groups: tuple[tuple[int, tuple[slice, ...] | None, tuple[int, ...]], ...]
-
-
-@functools.lru_cache(maxsize=64)
-def _gather_plans(g: Geometry) -> tuple[_GatherPlan, ...]:
-    """Per phase, its :class:`_GatherPlan` (cached)."""
-    plans = []
-    for ph, offsets in zip(_phases(g), _flat_offsets(g)):
-        last = len({t.shift[-1] for t in ph.taps})
-        groups = []
-        for k in range(0, len(ph.taps), max(last, 1)):
-            tap = ph.taps[k]
-            reaches = tuple(_reach(q, n, size) for q, n, size
-                            in zip(tap.shift[:-1], g.in_size, ph.size))
-            # The last dimension's step is 1: without its shift, the group's offset.
-            groups.append((offsets[k] - tap.shift[-1], None if None in reaches else reaches,
-                           tuple(t.flat for t in ph.taps[k:k + last])))
-        plans.append(_GatherPlan(
-            tuple(t.shift[-1] for t in ph.taps[:last]),
-            tuple(_reach(t.shift[-1], g.in_size[-1], ph.size[-1]) for t in ph.taps[:last]),
-            tuple(groups)))
-    return tuple(plans)
 
 
 @functools.lru_cache(maxsize=64)
@@ -142,39 +100,77 @@ def _phases(g: Geometry) -> tuple[_Phase, ...]:
             offset = tap * d - p
             phase, shift = offset % s, offset // s  # o = s*(i + shift) + phase
             if phase in phases:
-                dst = _reach(shift, n_in, phases[phase][0])
-                reach = None if dst is None else \
-                    (dst, slice(dst.start - shift, dst.stop - shift))
-                phases[phase][1].append((tap, reach, shift))
-        per_dim.append([(r, size, taps) for r, (size, taps) in phases.items()])
-    result = []
-    for combo in itertools.product(*per_dim):
-        taps = []
-        for pick in itertools.product(*(taps for _, _, taps in combo)):
-            flat = int(np.ravel_multi_index([t for t, _, _ in pick], g.kernel))
-            shift = tuple(q for _, _, q in pick)
-            if all(reach is not None for _, reach, _ in pick):
-                taps.append(_Tap(flat, tuple(r[0] for _, r, _ in pick),
-                                 tuple(r[1] for _, r, _ in pick), shift))
-            else:
-                taps.append(_Tap(flat, None, None, shift))
-        result.append(_Phase(first=tuple(r for r, _, _ in combo),
-                             size=tuple(n for _, n, _ in combo), taps=tuple(taps)))
-    return tuple(result)
+                size, taps = phases[phase]
+                taps.append(_DimTap(tap, shift, _reach(shift, n_in, size)))
+        per_dim.append([(r, size, tuple(taps)) for r, (size, taps) in phases.items()])
+    return tuple(_Phase(first=tuple(r for r, _, _ in combo),
+                        size=tuple(n for _, n, _ in combo),
+                        taps=tuple(taps for _, _, taps in combo))
+                 for combo in itertools.product(*per_dim))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one phase is computed: one GEMM per group and column tile, whose rows are
+    blocks of C_out/G (one block per tap, or per combination of the other dimensions'
+    taps when the last dimension's are stacked into the columns), each block then added
+    into the phase's accumulator at its flat offset."""
+    # Kernel indices of the phase's taps: the last dimension's, then each other's.
+    index: tuple[tuple[int, ...], ...]
+    # Stacked (gather): per tap of the last dimension, its shift and lattice reach; the
+    # input is copied shifted once per entry. Empty: not stacked (scatter).
+    slots: tuple[tuple[int, slice | None], ...]
+    # Per block of rows, in GEMM order: its flat offset in the frame, and per dimension
+    # the range of the block kept (the inputs that reach the lattice; None: none do).
+    blocks: tuple[tuple[int, tuple[slice, ...] | None], ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _plans(g: Geometry, method: str) -> tuple[_Plan, ...]:
+    """Per phase, its :class:`_Plan` for ``method`` (pure shape arithmetic, cached)."""
+    frame = _frame(g)
+    steps = [math.prod(frame[a + 1:]) for a in range(g.rank)]  # one step along each axis
+    stacked = method == "gather"
+    plans = []
+    for ph in _phases(g):
+        last, outer = ph.taps[-1], ph.taps[:-1]
+        # Rows: (tap of the last dimension unless stacked, taps of the other dimensions).
+        row_dims = list(outer) if stacked else [last] + list(outer)
+        axes = list(range(g.rank - 1)) if stacked else [g.rank - 1] + list(range(g.rank - 1))
+        blocks = []
+        for combo in itertools.product(*row_dims):
+            off = sum(t.shift * steps[a] for t, a in zip(combo, axes))
+            keep = [None] * g.rank
+            for t, a in zip(combo, axes):
+                keep[a] = None if t.reach is None else \
+                    slice(t.reach.start - t.shift, t.reach.stop - t.shift)
+            if stacked:  # the slots' copies take care of the last dimension
+                keep[-1] = slice(0, frame[-1])
+            blocks.append((off, None if None in keep else tuple(keep)))
+        plans.append(_Plan(
+            index=tuple(tuple(t.k for t in taps) for taps in [last] + list(outer)),
+            slots=tuple((t.shift, t.reach) for t in last) if stacked else (),
+            blocks=tuple(blocks) if all(ph.taps) else ()))
+    return tuple(plans)
 
 
 def choose_method(g: Geometry) -> str:
     """Which formulation moves less memory (the GEMM flops are equal).
 
-    ``scatter`` multiplies first and then adds each tap's block (C_out values per input
-    pixel and tap) into the accumulator: about 3 C_out memory passes per pixel and tap;
-    ``gather`` first copies the shifted input (C_in values per pixel and tap of the last
-    dimension) and then multiplies, writing each group's outputs once: about 2 C_in
-    (depthwise layers included: their GEMMs are short, but few). The choice depends on
-    channels only, never on sizes; either way any slice of a problem gets the bits of
-    the whole (see :data:`GEMM_TILE`).
+    Per output pixel, with ``t`` taps per phase and ``L`` of them along the last
+    dimension (averages): ``scatter`` writes each tap's block of C_out values from the
+    GEMM, then reads it back to add it into the accumulator (about 3 C_out t passes);
+    ``gather`` first copies the input shifted for each tap of the last dimension (2 C_in
+    L) and stacks those into the GEMM's inner dimension, so it writes and adds one
+    block per combination of the other dimensions' taps (3 C_out t / L). The choice
+    depends on channels and the kernel only, never on sizes; either way any slice of a
+    problem gets the bits of the whole (see :data:`GEMM_TILE`).
     """
-    return "gather" if 2 * g.c_in < 3 * g.c_out else "scatter"
+    taps = math.prod(k / s for k, s in zip(g.kernel, g.stride))
+    last = g.kernel[-1] / g.stride[-1]
+    scatter = 3 * g.c_out * taps
+    gather = 2 * g.c_in * last + 3 * g.c_out * taps / last
+    return "gather" if gather < scatter else "scatter"
 
 
 def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
@@ -201,11 +197,13 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     else:
         y_view = y
     compute = compute_dtype(x.dtype)
-    # (G, C_in/G, taps, C_out/G): each phase gathers its taps as whole rows of output
-    # channels, and BLAS reads the result transposed as it is (no transposing copy of
-    # the whole weight, which costs as much as a small layer).
+    # (G, C_in/G, k_last, *k_other, C_out/G): each phase gathers its taps as whole rows
+    # of output channels, in the order its GEMM wants them (see _compute), and BLAS reads
+    # the result transposed as it is (no transposing copy of the whole weight per phase,
+    # which costs as much as a small layer).
     w = np.ascontiguousarray(weight.astype(compute, copy=False).reshape(
-        g.groups, g.c_in_per_group, g.c_out_per_group, -1).swapaxes(2, 3))
+        (g.groups, g.c_in_per_group, g.c_out_per_group) + g.kernel).transpose(
+        (0, 1, 2 + g.rank) + tuple(range(3, 2 + g.rank)) + (2,)))
     # Large calls split their batch between cores (see gpu_tconv.cpu_threads), each part
     # within its share of the temporaries' budget.
     parts = _parts(g)
@@ -261,16 +259,11 @@ def _parts(g: Geometry) -> int:
 
 def _per_sample(g: Geometry, method: str) -> int:
     """Elements of temporaries per sample of a batch chunk, in the frame layout: every
-    phase's accumulator, the transposed input, and the work of one phase: all of its
-    taps' blocks (scatter), or its input shifted for each tap of the last dimension and
-    one group's GEMM result (gather)."""
-    frame = math.prod(_frame(g))
-    phases = _phases(g)
-    if method == "scatter":
-        work = max(len(ph.taps) for ph in phases) * g.c_out
-    else:
-        work = max(len(plan.last_shifts) for plan in _gather_plans(g)) * g.c_in + g.c_out
-    return frame * (len(phases) * g.c_out + g.c_in + work)
+    phase's accumulator, the transposed input, and the work of one phase: its shifted
+    copies of the input (gather) and its GEMM's result, a block of C_out per row block."""
+    work = max(len(plan.slots) * g.c_in + len(plan.blocks) * g.c_out
+               for plan in _plans(g, method))
+    return math.prod(_frame(g)) * (len(_phases(g)) * g.c_out + g.c_in + work)
 
 
 def _box(g: Geometry, box: tuple[tuple[int, int], ...]):
@@ -326,131 +319,107 @@ def _tiles(g: Geometry, method: str, itemsize: int, budget: int) -> tuple:
 def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
              method: str, y: np.ndarray, budget: int) -> None:
     """Compute the transposed convolution of ``g`` into the (possibly strided) view ``y``;
-    ``w`` is the weight as (G, C_in/G, taps, C_out/G), contiguous, in the compute type;
-    temporaries within ``budget`` bytes.
+    ``w`` is the weight as (G, C_in/G, k_last, *k_other, C_out/G), contiguous, in the
+    compute type; temporaries within ``budget`` bytes.
 
     The input and every phase's accumulator share one layout, (nb, *frame) flattened, so
-    that a tap's shift is one flat offset: moving a tap's block into place is a single
+    that a tap's shift is one flat offset: moving a block into place is a single
     contiguous slice operation over whole rows, not a slice per dimension. What wraps
     around a row's end lands in the wrong place; those elements are exactly the ones the
-    tap does not reach, and are zeroed first (a few thin slabs per tap).
+    block does not reach, and are zeroed first (a few thin slabs per block).
     """
     compute = w.dtype
     groups, cin_g, cout_g, rank = g.groups, g.c_in_per_group, g.c_out_per_group, g.rank
-    phases = _phases(g)
+    phases, plans = _phases(g), _plans(g, method)
     frame = _frame(g)
     pixels = math.prod(frame)
-    offsets_of = _flat_offsets(g)
-    most_taps = max(len(ph.taps) for ph in phases)
     chunk = min(g.batch, max(1, budget // compute.itemsize // _per_sample(g, method)))
 
-    # Per phase, its taps stacked for GEMMs per group and column tile, as (G, 1, rows,
-    # columns): transposed views of taps gathered from (G, C_in/G, taps, C_out/G), which
-    # BLAS takes as they are.
-    if method == "scatter":  # rows (tap, C_out/G) by C_in/G
-        lhs = [w[:, :, [t.flat for t in ph.taps]].reshape(groups, cin_g, -1)
-               .swapaxes(1, 2)[:, None] for ph in phases]
-    else:  # per group of taps: C_out/G by (C_in/G, tap of the last dimension)
-        plans = _gather_plans(g)
-        lhs = [[w[:, :, list(flat)].reshape(groups, -1, cout_g).swapaxes(1, 2)[:, None]
-                for _, _, flat in plan.groups] for plan in plans]
-        # The shifted inputs are read at each group's flat offset: margins either side.
-        margin = max((abs(off) for plan in plans for off, _, _ in plan.groups), default=0)
+    def weights(plan: _Plan) -> np.ndarray:
+        """The phase's GEMM rows by columns, per group, as a (G, 1, rows, columns) view:
+        rows (block, C_out/G), columns C_in/G, or (C_in/G, tap of the last dimension)
+        when stacked. The taps are gathered from ``w`` as whole rows of output channels,
+        and BLAS reads the result transposed as it is (no transposing copy)."""
+        taps = w[(slice(None),) * 2 + np.ix_(*plan.index)]  # (G, C_in/G, taps..., C_out/G)
+        inner = cin_g * (len(plan.slots) or 1)
+        return taps.reshape(groups, inner, -1).swapaxes(1, 2)[:, None]
+
+    lhs = [weights(plan) if plan.blocks else None for plan in plans]
     bias_cols = None if bias is None else bias.astype(compute).reshape(groups, cout_g, 1)
 
     # Temporaries come from the thread's scratch memory, reused for every phase, chunk
-    # and call, with the columns padded to whole tiles. (G, C_in/G, nb*frame): the GEMM's
-    # right-hand side (scatter), or what the taps' shifted copies are taken from
-    # (gather); where the frame exceeds x it holds stale values, which reach nothing
-    # (every tap's unreached positions are zeroed). Every phase's accumulator is kept, so
-    # that the output is written a block of samples and channels at a time, all phases
-    # together, while the block is in cache.
+    # and call, with the columns padded to whole tiles. (G, C_in/G, nb*frame): the
+    # input, the GEMM's right-hand side (scatter) or what its shifted copies are taken
+    # from (gather); where the frame exceeds x it holds stale values, which reach
+    # nothing (every block's unreached positions are zeroed). Every phase's accumulator
+    # is kept, so that the output is written a block of samples and channels at a time,
+    # all phases together, while the block is in cache. Then the work of one phase: its
+    # shifted copies, and the GEMM's result.
     width_max = _padded(chunk * pixels)
-    if method == "scatter":
-        work = most_taps * width_max * g.c_out
-    else:
-        last_most = max(len(plan.last_shifts) for plan in plans)
-        row = margin + width_max + margin
-        work = last_most * g.c_in * row + g.c_out * width_max
-    sizes = [g.c_in * width_max, len(phases) * g.c_out * width_max, work]
+    work = max(len(plan.slots) * g.c_in + len(plan.blocks) * g.c_out for plan in plans)
+    sizes = [g.c_in * width_max, len(phases) * g.c_out * width_max, work * width_max]
     scratch = _scratch(sum(sizes) * compute.itemsize).view(compute)
     x_buf, acc_buf, taps_buf = (scratch[sum(sizes[:k]):sum(sizes[:k + 1])] for k in range(3))
     x_buf = x_buf.reshape(groups, cin_g, width_max)
     inside = (slice(None),) * 3 + tuple(slice(0, n) for n in g.in_size)
+    bits = np.dtype(f"i{compute.itemsize}")  # to copy floats masked, bit for bit
 
     def tiled(a: np.ndarray) -> np.ndarray:
         """(G, rows, tiles*GEMM_TILE) as (G, tiles, rows, GEMM_TILE) views: one GEMM each."""
         return a.reshape(a.shape[0], a.shape[1], -1, GEMM_TILE).swapaxes(1, 2)
 
-    def unreached(block: np.ndarray, reach: tuple[slice, ...], nb: int) -> None:
-        """Zero the frame positions of ``block`` (G, C, nb*frame) outside ``reach``."""
+    def unreached(block: np.ndarray, keep: tuple[slice, ...], nb: int) -> None:
+        """Zero the frame positions of ``block`` (G, C, nb*frame) outside ``keep``."""
         view = block.reshape(block.shape[:2] + (nb,) + frame)
-        for a, (r, n) in enumerate(zip(reach, frame)):
+        for a, (r, n) in enumerate(zip(keep, frame)):
             lead = (slice(None),) * (3 + a)
             if r.start > 0:
                 view[lead + (slice(0, r.start),)] = 0
             if r.stop < n:
                 view[lead + (slice(r.stop, None),)] = 0
 
-    def gather_phase(p: int, nb: int, x_cols: np.ndarray, acc_cols: np.ndarray) -> None:
-        """The gather formulation of phase ``p``: the input shifted once per tap of the
-        last dimension (a contiguous copy each, zero where that tap reaches nothing),
-        then per combination of the other dimensions' taps one GEMM over those copies,
-        read at the combination's flat offset (a view, not a copy); outputs whose input
-        lies outside those dimensions' reach are zeroed, and the groups are summed."""
-        plan = plans[p]
-        used, width = nb * pixels, _padded(nb * pixels)
-        last = len(plan.last_shifts)
-        row = margin + width + margin
-        # (G, C_in/G, taps of the last dimension, margin + columns + margin)
-        shifted = taps_buf[:groups * cin_g * last * row].reshape(groups, cin_g, last, row)
-        for j, (q, reach) in enumerate(zip(plan.last_shifts, plan.last_reach)):
-            block = shifted[:, :, j, margin:margin + used]
-            if reach is None:
-                block.fill(0)
-                continue
-            lo, hi = max(0, q), used + min(0, q)
-            # What is not copied (before lo, after hi) is unreached: zeroed here.
-            block[..., lo:hi] = x_cols[:, :, lo - q:hi - q]
-            unreached(block, tuple(slice(0, n) for n in frame[:-1]) + (reach,), nb)
-        acc = acc_cols[:, :, :used]
-        result = taps_buf[shifted.size:shifted.size + g.c_out * width].reshape(
-            groups, cout_g, width)
-        first = True
-        for (off, reach, _), weights in zip(plan.groups, lhs[p]):
-            if reach is None:  # adds nothing anywhere
-                continue
-            rows = shifted[..., margin - off:margin - off + width].reshape(groups, -1, width)
-            out = acc_cols if first else result
-            np.matmul(weights, tiled(rows), out=tiled(out))
-            unreached(out[:, :, :used], reach + (slice(0, frame[-1]),), nb)
-            if not first:
-                acc += result[:, :, :used]
-            first = False
-        if first:
-            acc.fill(0)
-        if bias is not None:
-            acc += bias_cols
+    def shifted(dst: np.ndarray, src: np.ndarray, q: int, reach: slice | None,
+                size: int, nb: int) -> None:
+        """``dst`` (G, C_in/G, width) = ``src`` shifted by ``q`` along the last dimension,
+        zero outside ``reach`` (a lattice of ``size``) and in the padding columns."""
+        used = nb * pixels
+        if reach is None:
+            dst.fill(0)
+            return
+        lo, hi = max(0, q), used + min(0, q)
+        dst[..., :lo] = 0
+        dst[..., hi:] = 0
+        if reach == slice(0, size):  # wraps only beyond the lattice: plain copy
+            dst[..., lo:hi] = src[..., lo - q:hi - q]
+        else:  # one pass: the copy AND'ed with a mask (all bits or none) per column
+            keep = _keep_mask(frame, reach.start, reach.stop, nb, bits)
+            np.bitwise_and(src[..., lo - q:hi - q].view(bits), keep[lo:hi],
+                           out=dst[..., lo:hi].view(bits))
 
     def phase(p: int, nb: int, x_cols: np.ndarray, acc_cols: np.ndarray) -> None:
-        """Accumulate phase ``p`` of a chunk of ``nb`` samples into ``acc_cols``."""
-        if method == "gather":
-            gather_phase(p, nb, x_cols, acc_cols)
-            return
-        ph, offsets = phases[p], offsets_of[p]
+        """Accumulate phase ``p`` of a chunk of ``nb`` samples into ``acc_cols``: the
+        GEMM, then each block zeroed where it reaches nothing and added at its flat
+        offset, in block order, then the bias."""
+        plan = plans[p]
         used, width = nb * pixels, _padded(nb * pixels)
         acc = acc_cols[:, :, :used]
-        # The phase's GEMM rows, (G, taps, C_out/G, columns): block j is tap j's.
-        shape = (groups, len(ph.taps), cout_g)
-        cols = taps_buf[:math.prod(shape) * width].reshape(shape + (width,))
-        if ph.taps:
-            np.matmul(lhs[p], tiled(x_cols), out=tiled(cols.reshape(groups, -1, width)))
-        # Each tap's block added at its flat shift, in tap order, then the bias.
+        rhs, start = x_cols, 0
+        if plan.slots:  # (G, C_in/G, taps of the last dimension, columns)
+            copies = taps_buf[:g.c_in * len(plan.slots) * width].reshape(
+                groups, cin_g, len(plan.slots), width)
+            for j, (q, reach) in enumerate(plan.slots):
+                shifted(copies[:, :, j], x_cols, q, reach, phases[p].size[-1], nb)
+            rhs, start = copies.reshape(groups, -1, width), copies.size
+        # (G, blocks, C_out/G, columns)
+        shape = (groups, len(plan.blocks), cout_g)
+        cols = taps_buf[start:start + math.prod(shape) * width].reshape(shape + (width,))
+        if plan.blocks:
+            np.matmul(lhs[p], tiled(rhs), out=tiled(cols.reshape(groups, -1, width)))
         reaching = []
-        for j, (tap, off) in enumerate(zip(ph.taps, offsets)):
-            if tap.src is not None:
+        for j, (off, keep) in enumerate(plan.blocks):
+            if keep is not None:
                 block = cols[:, j, :, :used]
-                unreached(block, tap.src, nb)
+                unreached(block, keep, nb)
                 reaching.append((block, off))
         _sum_first_two(acc, reaching[:2])
         for block, off in reaching[2:]:
@@ -475,6 +444,17 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             phase(p, nb, x_cols, acc_cols)
             accs.append(acc_cols[:, :, :used])
         _write(y[n0:n0 + nb], accs, phases, g, frame)
+
+
+@functools.lru_cache(maxsize=16)
+def _keep_mask(frame: tuple[int, ...], lo: int, hi: int, nb: int,
+               bits: np.dtype) -> np.ndarray:
+    """Over ``nb`` frames, flattened: all bits set where the last coordinate lies in
+    ``[lo, hi)``, none elsewhere (cached: a few per layer, each one column of the
+    input's size)."""
+    row = np.zeros(frame[-1], bits)
+    row[lo:hi] = -1
+    return np.tile(row, nb * math.prod(frame[:-1]))
 
 
 def _sum_first_two(acc: np.ndarray, blocks: list[tuple[np.ndarray, int]]) -> None:
