@@ -3,13 +3,19 @@
 Method (GEMM + col2im by output phase): along each dimension, tap ``k`` sends input
 ``i`` to output ``o = i*stride + k*dilation - padding``, so every tap writes to one
 residue class ``o mod stride`` (its *phase*), shifted by a whole number of strides.
-For each phase, the taps that write to it are contracted with the input in BLAS calls
-per group and column tile of fixed shape: ``taps*C_out/G x C_in/G`` by
-``C_in/G x batch*pixels`` and each tap's block added in place (scatter), or
-``C_out/G x C_in/G*taps`` by the input shifted for each tap of the last dimension, once
-per combination of the other dimensions' taps (gather). The input and the accumulators
-share one flattened layout, so a tap's shift is a single offset and its contribution
-one contiguous slice addition, copy or view. Once every
+For each phase, the taps that write to it are contracted with the input in one BLAS
+call per group and column tile of fixed shape, and the result's blocks of C_out/G rows
+added into the phase's accumulator, each at its tap's shift:
+
+- scatter: ``taps*C_out/G x C_in/G`` by the input, ``C_in/G x batch*pixels``; one block
+  per tap;
+- gather: ``other taps*C_out/G x last taps*C_in/G`` by copies of the input shifted along
+  the last dimension (made once per distinct shift, shared by the phases); one block
+  per combination of the other dimensions' taps, or none to add when that is a single
+  block in place (1-D layers), which the GEMM writes directly.
+
+The input, its copies and the accumulators share one flattened layout, so a shift is a
+single offset and a block's addition one contiguous slice operation. Once every
 phase is accumulated, the output is written a cache-sized block of samples and
 channels at a time, all phases of the block together. There is no zero insertion and
 no Python loop over pixels; Python loops run over phases, taps and output blocks.
@@ -18,8 +24,8 @@ Cores: a large call (:data:`PARALLEL_MIN_FLOPS`) splits its batch into one part 
 core, each computed with BLAS limited to that core (:mod:`gpu_tconv.cpu_threads`), so
 that one part's additions and copies overlap another's GEMMs.
 
-Memory: temporaries (the input chunk, every phase's accumulator, the columns of one
-phase's taps) live in scratch memory kept between calls, per thread, because mapping
+Memory: temporaries (the input chunk and its shifted copies, every phase's
+accumulator, one phase's GEMM result; see :func:`_buffers`) live in scratch memory kept between calls, per thread, because mapping
 fresh memory costs a page fault per page, which rivals the arithmetic of small layers.
 The batch, and for very large samples the output itself (in boxes, each computed from
 the inputs that reach it), are split so that a call's scratch stays within
@@ -112,17 +118,40 @@ def _phases(g: Geometry) -> tuple[_Phase, ...]:
 @dataclass(frozen=True)
 class _Plan:
     """How one phase is computed: one GEMM per group and column tile, whose rows are
-    blocks of C_out/G (one block per tap, or per combination of the other dimensions'
-    taps when the last dimension's are stacked into the columns), each block then added
-    into the phase's accumulator at its flat offset."""
-    # Kernel indices of the phase's taps: the last dimension's, then each other's.
-    index: tuple[tuple[int, ...], ...]
-    # Stacked (gather): per tap of the last dimension, its shift and lattice reach; the
-    # input is copied shifted once per entry. Empty: not stacked (scatter).
-    slots: tuple[tuple[int, slice | None], ...]
+    blocks of C_out/G (one block per tap, or, when the last dimension's taps are stacked
+    into the GEMM's inner dimension, one per combination of the other dimensions'
+    taps), each block then added into the phase's accumulator at its flat offset."""
+    # Kernel indices of the phase's taps, the last dimension's then each other's: a
+    # residue class, so a slice (which makes the weights' rows a view, not a copy).
+    index: tuple[slice, ...]
+    # Stacked (gather): the range of shifted copies of the input (see _slot_shifts) that
+    # the GEMM reads, one per tap of the last dimension, in tap order. None: scatter.
+    slots: slice | None
     # Per block of rows, in GEMM order: its flat offset in the frame, and per dimension
     # the range of the block kept (the inputs that reach the lattice; None: none do).
     blocks: tuple[tuple[int, tuple[slice, ...] | None], ...]
+
+
+def _as_slice(ks: list[int]) -> slice:
+    """Evenly spaced kernel indices (a residue class) as a slice."""
+    if len(ks) < 2:
+        return slice(ks[0], ks[0] + 1) if ks else slice(0, 0)
+    step = ks[1] - ks[0]
+    assert ks == list(range(ks[0], ks[-1] + 1, step))
+    return slice(ks[0], ks[-1] + 1, step)
+
+
+@functools.lru_cache(maxsize=64)
+def _slot_shifts(g: Geometry) -> tuple[int, ...]:
+    """The gather formulation's copies of the input, as their shifts along the last
+    dimension: every shift of a tap there, in any phase, once. A phase's taps have
+    shifts ``q0, q0 + D, q0 + 2D, ...`` with ``D = dilation / gcd(stride, dilation)``;
+    ordered by ``(q mod D, q)``, each phase's copies are consecutive, so that its GEMM
+    reads them as one matrix."""
+    s, d = g.stride[-1], g.dilation[-1]
+    step = d // math.gcd(s, d)
+    shifts = {t.shift for ph in _phases(g) for t in ph.taps[-1]}
+    return tuple(sorted(shifts, key=lambda q: (q % step, q)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -131,6 +160,7 @@ def _plans(g: Geometry, method: str) -> tuple[_Plan, ...]:
     frame = _frame(g)
     steps = [math.prod(frame[a + 1:]) for a in range(g.rank)]  # one step along each axis
     stacked = method == "gather"
+    position = {q: j for j, q in enumerate(_slot_shifts(g))}
     plans = []
     for ph in _phases(g):
         last, outer = ph.taps[-1], ph.taps[:-1]
@@ -140,37 +170,51 @@ def _plans(g: Geometry, method: str) -> tuple[_Plan, ...]:
         blocks = []
         for combo in itertools.product(*row_dims):
             off = sum(t.shift * steps[a] for t, a in zip(combo, axes))
-            keep = [None] * g.rank
+            keep = [slice(0, n) for n in frame]  # stacked: the copies mask the last dimension
             for t, a in zip(combo, axes):
                 keep[a] = None if t.reach is None else \
                     slice(t.reach.start - t.shift, t.reach.stop - t.shift)
-            if stacked:  # the slots' copies take care of the last dimension
-                keep[-1] = slice(0, frame[-1])
             blocks.append((off, None if None in keep else tuple(keep)))
+        slots = None
+        if stacked:
+            slots = _as_slice([position[t.shift] for t in last])
+            assert slots.step in (None, 1)
         plans.append(_Plan(
-            index=tuple(tuple(t.k for t in taps) for taps in [last] + list(outer)),
-            slots=tuple((t.shift, t.reach) for t in last) if stacked else (),
-            blocks=tuple(blocks) if all(ph.taps) else ()))
+            index=tuple(_as_slice([t.k for t in taps]) for taps in [last] + list(outer)),
+            slots=slots, blocks=tuple(blocks) if all(ph.taps) else ()))
     return tuple(plans)
 
 
-def choose_method(g: Geometry) -> str:
-    """Which formulation moves less memory (the GEMM flops are equal).
+#: How many GEMM flops take the time of one element of memory traffic (about 220
+#: GFLOP/s against 6 G floats/s on the 2-core machines measured).
+FLOPS_PER_PASS = 37
 
-    Per output pixel, with ``t`` taps per phase and ``L`` of them along the last
-    dimension (averages): ``scatter`` writes each tap's block of C_out values from the
-    GEMM, then reads it back to add it into the accumulator (about 3 C_out t passes);
-    ``gather`` first copies the input shifted for each tap of the last dimension (2 C_in
-    L) and stacks those into the GEMM's inner dimension, so it writes and adds one
-    block per combination of the other dimensions' taps (3 C_out t / L). The choice
-    depends on channels and the kernel only, never on sizes; either way any slice of a
-    problem gets the bits of the whole (see :data:`GEMM_TILE`).
+#: The gather formulation's GEMMs (half the rows, several times the columns, read from
+#: several copies of the input) ran up to this much slower than scatter's.
+GATHER_GEMM_PENALTY = 0.07
+
+
+def choose_method(g: Geometry) -> str:
+    """Which formulation takes less time, by a model of memory traffic per pixel of the
+    input (the GEMM flops are equal).
+
+    With ``K`` taps in all: ``scatter`` writes each tap's block of C_out values from the
+    GEMM, then reads it back to add it into the accumulator: about ``3 C_out K``
+    passes. ``gather`` first copies the input once per shift ``U`` along the last
+    dimension (``2 C_in U``) and stacks those copies into the GEMM's inner dimension, so
+    that it writes and adds one block per phase of the last dimension and tap of the
+    others (``3 C_out K' stride``), or writes the phase's result directly when that is
+    one block in place (1-D layers). Its GEMMs run slower (:data:`GATHER_GEMM_PENALTY`),
+    which decides layers whose GEMMs dominate (many channels). The choice depends on
+    channels and the kernel only, never on sizes; either way any slice of a problem
+    gets the bits of the whole (see :data:`GEMM_TILE`).
     """
-    taps = math.prod(k / s for k, s in zip(g.kernel, g.stride))
-    last = g.kernel[-1] / g.stride[-1]
+    taps = math.prod(g.kernel)
+    other = math.prod(g.kernel[:-1]) * g.stride[-1]
+    gemm = 2 * g.c_in * g.c_out_per_group * taps / FLOPS_PER_PASS
     scatter = 3 * g.c_out * taps
-    gather = 2 * g.c_in * last + 3 * g.c_out * taps / last
-    return "gather" if gather < scatter else "scatter"
+    gather = 2 * g.c_in * len(_slot_shifts(g)) + (3 if g.rank > 1 else 1) * g.c_out * other
+    return "gather" if gather + GATHER_GEMM_PENALTY * gemm < scatter else "scatter"
 
 
 def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
@@ -197,13 +241,14 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     else:
         y_view = y
     compute = compute_dtype(x.dtype)
-    # (G, C_in/G, k_last, *k_other, C_out/G): each phase gathers its taps as whole rows
-    # of output channels, in the order its GEMM wants them (see _compute), and BLAS reads
-    # the result transposed as it is (no transposing copy of the whole weight per phase,
-    # which costs as much as a small layer).
+    # Each phase gathers its taps from the weight as whole rows of output channels, in
+    # the order its GEMM wants them (see _compute), and BLAS reads the result transposed
+    # as it is: no transposing copy of the whole weight per phase, which costs as much
+    # as a small layer.
+    last, other = (2 + g.rank,), tuple(range(3, 2 + g.rank))  # axes of the taps
+    order = ((0, 1) + last + other if method == "scatter" else (0,) + last + (1,) + other) + (2,)
     w = np.ascontiguousarray(weight.astype(compute, copy=False).reshape(
-        (g.groups, g.c_in_per_group, g.c_out_per_group) + g.kernel).transpose(
-        (0, 1, 2 + g.rank) + tuple(range(3, 2 + g.rank)) + (2,)))
+        (g.groups, g.c_in_per_group, g.c_out_per_group) + g.kernel).transpose(order))
     # Large calls split their batch between cores (see gpu_tconv.cpu_threads), each part
     # within its share of the temporaries' budget.
     parts = _parts(g)
@@ -257,13 +302,27 @@ def _parts(g: Geometry) -> int:
     return max(1, min(g.batch, cpu_threads.blas_threads()))
 
 
+def _direct(plan: _Plan) -> bool:
+    """Whether the phase's GEMM result is its accumulator: a single block, in place."""
+    return len(plan.blocks) == 1 and plan.blocks[0][0] == 0
+
+
+@functools.lru_cache(maxsize=64)
+def _buffers(g: Geometry, method: str) -> tuple[int, int, int, int]:
+    """Channels of each temporary, per column (a pixel of the frame, per sample): the
+    input, its shifted copies (gather; the one of shift 0 is the input itself), every
+    phase's accumulator, and the GEMM result of one phase (unless it is the
+    accumulator)."""
+    plans = _plans(g, method)
+    copies = len(_slot_shifts(g)) * g.c_in if method == "gather" else 0
+    own_input = method == "scatter" or 0 not in _slot_shifts(g)
+    blocks = max([len(plan.blocks) for plan in plans if not _direct(plan)], default=0)
+    return (g.c_in if own_input else 0, copies, len(plans) * g.c_out, blocks * g.c_out)
+
+
 def _per_sample(g: Geometry, method: str) -> int:
-    """Elements of temporaries per sample of a batch chunk, in the frame layout: every
-    phase's accumulator, the transposed input, and the work of one phase: its shifted
-    copies of the input (gather) and its GEMM's result, a block of C_out per row block."""
-    work = max(len(plan.slots) * g.c_in + len(plan.blocks) * g.c_out
-               for plan in _plans(g, method))
-    return math.prod(_frame(g)) * (len(_phases(g)) * g.c_out + g.c_in + work)
+    """Elements of temporaries per sample of a batch chunk (see :func:`_buffers`)."""
+    return math.prod(_frame(g)) * sum(_buffers(g, method))
 
 
 def _box(g: Geometry, box: tuple[tuple[int, int], ...]):
@@ -319,8 +378,9 @@ def _tiles(g: Geometry, method: str, itemsize: int, budget: int) -> tuple:
 def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
              method: str, y: np.ndarray, budget: int) -> None:
     """Compute the transposed convolution of ``g`` into the (possibly strided) view ``y``;
-    ``w`` is the weight as (G, C_in/G, k_last, *k_other, C_out/G), contiguous, in the
-    compute type; temporaries within ``budget`` bytes.
+    ``w`` is the weight, contiguous, in the compute type, as (G, C_in/G, k_last,
+    *k_other, C_out/G) for scatter and (G, k_last, C_in/G, *k_other, C_out/G) for
+    gather; temporaries within ``budget`` bytes.
 
     The input and every phase's accumulator share one layout, (nb, *frame) flattened, so
     that a tap's shift is one flat offset: moving a block into place is a single
@@ -331,36 +391,42 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     compute = w.dtype
     groups, cin_g, cout_g, rank = g.groups, g.c_in_per_group, g.c_out_per_group, g.rank
     phases, plans = _phases(g), _plans(g, method)
+    shifts = _slot_shifts(g) if method == "gather" else ()
     frame = _frame(g)
     pixels = math.prod(frame)
     chunk = min(g.batch, max(1, budget // compute.itemsize // _per_sample(g, method)))
 
     def weights(plan: _Plan) -> np.ndarray:
-        """The phase's GEMM rows by columns, per group, as a (G, 1, rows, columns) view:
-        rows (block, C_out/G), columns C_in/G, or (C_in/G, tap of the last dimension)
-        when stacked. The taps are gathered from ``w`` as whole rows of output channels,
-        and BLAS reads the result transposed as it is (no transposing copy)."""
-        taps = w[(slice(None),) * 2 + np.ix_(*plan.index)]  # (G, C_in/G, taps..., C_out/G)
-        inner = cin_g * (len(plan.slots) or 1)
+        """The phase's GEMM rows by columns, per group, as a (G, 1, rows, columns) view
+        (BLAS reads it transposed as it is): rows (tap of the last dimension, taps of
+        the others, C_out/G), columns C_in/G (scatter); or rows (taps of the other
+        dimensions, C_out/G), columns (tap of the last dimension, C_in/G) (gather)."""
+        if plan.slots is None:
+            taps = w[(slice(None),) * 2 + plan.index]  # (G, C_in/G, taps..., C_out/G)
+            inner = cin_g
+        else:  # (G, taps of the last dimension, C_in/G, other taps..., C_out/G)
+            taps = w[(slice(None), plan.index[0], slice(None)) + plan.index[1:]]
+            inner = cin_g * (plan.slots.stop - plan.slots.start)
         return taps.reshape(groups, inner, -1).swapaxes(1, 2)[:, None]
 
     lhs = [weights(plan) if plan.blocks else None for plan in plans]
     bias_cols = None if bias is None else bias.astype(compute).reshape(groups, cout_g, 1)
 
     # Temporaries come from the thread's scratch memory, reused for every phase, chunk
-    # and call, with the columns padded to whole tiles. (G, C_in/G, nb*frame): the
-    # input, the GEMM's right-hand side (scatter) or what its shifted copies are taken
-    # from (gather); where the frame exceeds x it holds stale values, which reach
-    # nothing (every block's unreached positions are zeroed). Every phase's accumulator
-    # is kept, so that the output is written a block of samples and channels at a time,
-    # all phases together, while the block is in cache. Then the work of one phase: its
-    # shifted copies, and the GEMM's result.
+    # and call, with the columns padded to whole tiles:
+    # - the input, (G, C_in/G, nb*frame): the GEMMs' right-hand side (scatter), or what
+    #   the shifted copies are taken from; where the frame exceeds x it holds stale
+    #   values, which reach nothing (every block's unreached positions are zeroed);
+    # - gather: the input shifted along the last dimension, (G, shifts, C_in/G,
+    #   columns), zero where the shift moves no input;
+    # - every phase's accumulator, kept so that the output is written a block of samples
+    #   and channels at a time, all phases together, while the block is in cache;
+    # - one phase's GEMM result, (G, blocks, C_out/G, columns).
     width_max = _padded(chunk * pixels)
-    work = max(len(plan.slots) * g.c_in + len(plan.blocks) * g.c_out for plan in plans)
-    sizes = [g.c_in * width_max, len(phases) * g.c_out * width_max, work * width_max]
+    sizes = [channels * width_max for channels in _buffers(g, method)]
     scratch = _scratch(sum(sizes) * compute.itemsize).view(compute)
-    x_buf, acc_buf, taps_buf = (scratch[sum(sizes[:k]):sum(sizes[:k + 1])] for k in range(3))
-    x_buf = x_buf.reshape(groups, cin_g, width_max)
+    x_buf, copies_buf, acc_buf, cols_buf = (scratch[sum(sizes[:k]):sum(sizes[:k + 1])]
+                                           for k in range(4))
     inside = (slice(None),) * 3 + tuple(slice(0, n) for n in g.in_size)
     bits = np.dtype(f"i{compute.itemsize}")  # to copy floats masked, bit for bit
 
@@ -378,41 +444,41 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             if r.stop < n:
                 view[lead + (slice(r.stop, None),)] = 0
 
-    def shifted(dst: np.ndarray, src: np.ndarray, q: int, reach: slice | None,
-                size: int, nb: int) -> None:
-        """``dst`` (G, C_in/G, width) = ``src`` shifted by ``q`` along the last dimension,
-        zero outside ``reach`` (a lattice of ``size``) and in the padding columns."""
+    def shift(dst: np.ndarray, src: np.ndarray, q: int, nb: int) -> None:
+        """``dst`` (G, C_in/G, width) = ``src`` shifted by ``q`` along the last dimension
+        (lattice ``j`` takes input ``j - q``), zero where that input lies outside x and
+        in the padding columns."""
         used = nb * pixels
-        if reach is None:
-            dst.fill(0)
-            return
         lo, hi = max(0, q), used + min(0, q)
         dst[..., :lo] = 0
         dst[..., hi:] = 0
-        if reach == slice(0, size):  # wraps only beyond the lattice: plain copy
+        keep = (max(0, q), min(frame[-1], g.in_size[-1] + q))
+        if keep == (0, frame[-1]):  # all of the last dimension is input: a plain copy
             dst[..., lo:hi] = src[..., lo - q:hi - q]
         else:  # one pass: the copy AND'ed with a mask (all bits or none) per column
-            keep = _keep_mask(frame, reach.start, reach.stop, nb, bits)
-            np.bitwise_and(src[..., lo - q:hi - q].view(bits), keep[lo:hi],
+            mask = _keep_mask(frame, max(keep[0], 0), max(keep), nb, bits)
+            np.bitwise_and(src[..., lo - q:hi - q].view(bits), mask[lo:hi],
                            out=dst[..., lo:hi].view(bits))
 
-    def phase(p: int, nb: int, x_cols: np.ndarray, acc_cols: np.ndarray) -> None:
+    def phase(p: int, nb: int, x_cols: np.ndarray, copies: np.ndarray,
+              acc_cols: np.ndarray) -> None:
         """Accumulate phase ``p`` of a chunk of ``nb`` samples into ``acc_cols``: the
         GEMM, then each block zeroed where it reaches nothing and added at its flat
-        offset, in block order, then the bias."""
+        offset, in block order, then the bias. A single block in place is the GEMM's
+        result itself."""
         plan = plans[p]
         used, width = nb * pixels, _padded(nb * pixels)
         acc = acc_cols[:, :, :used]
-        rhs, start = x_cols, 0
-        if plan.slots:  # (G, C_in/G, taps of the last dimension, columns)
-            copies = taps_buf[:g.c_in * len(plan.slots) * width].reshape(
-                groups, cin_g, len(plan.slots), width)
-            for j, (q, reach) in enumerate(plan.slots):
-                shifted(copies[:, :, j], x_cols, q, reach, phases[p].size[-1], nb)
-            rhs, start = copies.reshape(groups, -1, width), copies.size
-        # (G, blocks, C_out/G, columns)
-        shape = (groups, len(plan.blocks), cout_g)
-        cols = taps_buf[start:start + math.prod(shape) * width].reshape(shape + (width,))
+        if plan.slots is None:
+            rhs = x_cols
+        else:
+            rhs = copies[:, plan.slots].reshape(groups, -1, width)
+        direct = _direct(plan)
+        if direct:
+            cols = acc_cols[:, None]
+        else:  # (G, blocks, C_out/G, columns)
+            shape = (groups, len(plan.blocks), cout_g)
+            cols = cols_buf[:math.prod(shape) * width].reshape(shape + (width,))
         if plan.blocks:
             np.matmul(lhs[p], tiled(rhs), out=tiled(cols.reshape(groups, -1, width)))
         reaching = []
@@ -421,27 +487,42 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
                 block = cols[:, j, :, :used]
                 unreached(block, keep, nb)
                 reaching.append((block, off))
-        _sum_first_two(acc, reaching[:2])
-        for block, off in reaching[2:]:
-            lo, hi = max(0, off), used + min(0, off)
-            acc[..., lo:hi] += block[..., lo - off:hi - off]
+        if direct:
+            if not reaching:
+                acc.fill(0)
+        else:
+            _sum_first_two(acc, reaching[:2])
+            for block, off in reaching[2:]:
+                lo, hi = max(0, off), used + min(0, off)
+                acc[..., lo:hi] += block[..., lo - off:hi - off]
         if bias is not None:
             acc += bias_cols
 
     for n0 in range(0, g.batch, chunk):
         nb = min(chunk, g.batch - n0)
         used, width = nb * pixels, _padded(nb * pixels)
-        x_cols = x_buf[:, :, :width]
+        copies = copies_buf[:len(shifts) * groups * cin_g * width].reshape(
+            groups, len(shifts), cin_g, width)
+        if x_buf.size:
+            x_cols = x_buf[:groups * cin_g * width].reshape(groups, cin_g, width)
+        else:  # the copy of shift 0, zeroed below where the frame exceeds x
+            x_cols = copies[:, shifts.index(0)]
         x_cols[:, :, used:] = 0  # the last tile's padding (stale from a larger chunk)
         # (G, C_in/G, nb, *frame) <- (nb, G, C_in/G, *in): the batch folded into the pixels.
         np.copyto(x_cols[:, :, :used].reshape((groups, cin_g, nb) + frame)[inside],
                   x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size)
                   .transpose((1, 2, 0) + tuple(range(3, 3 + rank))))
+        for j, q in enumerate(shifts):
+            if q == 0 and not x_buf.size:
+                unreached(x_cols[:, :, :used], tuple(slice(0, n) for n in frame[:-1])
+                          + (slice(0, g.in_size[-1]),), nb)
+            else:
+                shift(copies[:, j], x_cols, q, nb)
         accs = []
         for p in range(len(phases)):
             acc_cols = acc_buf[p * g.c_out * width:(p + 1) * g.c_out * width].reshape(
                 groups, cout_g, width)
-            phase(p, nb, x_cols, acc_cols)
+            phase(p, nb, x_cols, copies, acc_cols)
             accs.append(acc_cols[:, :, :used])
         _write(y[n0:n0 + nb], accs, phases, g, frame)
 
@@ -450,8 +531,8 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
 def _keep_mask(frame: tuple[int, ...], lo: int, hi: int, nb: int,
                bits: np.dtype) -> np.ndarray:
     """Over ``nb`` frames, flattened: all bits set where the last coordinate lies in
-    ``[lo, hi)``, none elsewhere (cached: a few per layer, each one column of the
-    input's size)."""
+    ``[lo, hi)``, none elsewhere (cached: a few per layer, each one row of the input's
+    columns)."""
     row = np.zeros(frame[-1], bits)
     row[lo:hi] = -1
     return np.tile(row, nb * math.prod(frame[:-1]))
