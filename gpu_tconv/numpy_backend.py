@@ -25,8 +25,9 @@ core, each computed with BLAS limited to that core (:mod:`gpu_tconv.cpu_threads`
 that one part's additions and copies overlap another's GEMMs.
 
 Memory: temporaries (the input chunk and its shifted copies, every phase's
-accumulator, one phase's GEMM result; see :func:`_buffers`) live in scratch memory kept between calls, per thread, because mapping
-fresh memory costs a page fault per page, which rivals the arithmetic of small layers.
+accumulator, one phase's GEMM result; see :func:`_buffers`) live in scratch memory kept
+between calls, per thread, because mapping fresh memory costs a page fault per page,
+which rivals the arithmetic of small layers.
 The batch, and for very large samples the output itself (in boxes, each computed from
 the inputs that reach it), are split so that a call's scratch stays within
 :data:`TEMP_BUDGET_BYTES` (shared between its parts), plus the zero padding of the last
@@ -308,16 +309,17 @@ def _direct(plan: _Plan) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _buffers(g: Geometry, method: str) -> tuple[int, int, int, int]:
+def _buffers(g: Geometry, method: str) -> tuple[int, ...]:
     """Channels of each temporary, per column (a pixel of the frame, per sample): the
-    input, its shifted copies (gather; the one of shift 0 is the input itself), every
-    phase's accumulator, and the GEMM result of one phase (unless it is the
-    accumulator)."""
+    input; its shifted copies (gather; the one of shift 0 is the input itself) and the
+    mask they are copied through; every phase's accumulator; and the GEMM result of one
+    phase (unless it is the accumulator)."""
     plans = _plans(g, method)
-    copies = len(_slot_shifts(g)) * g.c_in if method == "gather" else 0
-    own_input = method == "scatter" or 0 not in _slot_shifts(g)
+    gather = method == "gather"
+    own_input = not gather or 0 not in _slot_shifts(g)
     blocks = max([len(plan.blocks) for plan in plans if not _direct(plan)], default=0)
-    return (g.c_in if own_input else 0, copies, len(plans) * g.c_out, blocks * g.c_out)
+    return (g.c_in if own_input else 0, len(_slot_shifts(g)) * g.c_in if gather else 0,
+            1 if gather else 0, len(plans) * g.c_out, blocks * g.c_out)
 
 
 def _per_sample(g: Geometry, method: str) -> int:
@@ -425,8 +427,8 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     width_max = _padded(chunk * pixels)
     sizes = [channels * width_max for channels in _buffers(g, method)]
     scratch = _scratch(sum(sizes) * compute.itemsize).view(compute)
-    x_buf, copies_buf, acc_buf, cols_buf = (scratch[sum(sizes[:k]):sum(sizes[:k + 1])]
-                                           for k in range(4))
+    x_buf, copies_buf, mask_buf, acc_buf, cols_buf = (
+        scratch[sum(sizes[:k]):sum(sizes[:k + 1])] for k in range(len(sizes)))
     inside = (slice(None),) * 3 + tuple(slice(0, n) for n in g.in_size)
     bits = np.dtype(f"i{compute.itemsize}")  # to copy floats masked, bit for bit
 
@@ -449,14 +451,19 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         (lattice ``j`` takes input ``j - q``), zero where that input lies outside x and
         in the padding columns."""
         used = nb * pixels
-        lo, hi = max(0, q), used + min(0, q)
+        lo = min(max(0, q), used)
+        hi = max(used + min(0, q), lo)  # lo == hi: the shift moves everything out
         dst[..., :lo] = 0
         dst[..., hi:] = 0
-        keep = (max(0, q), min(frame[-1], g.in_size[-1] + q))
-        if keep == (0, frame[-1]):  # all of the last dimension is input: a plain copy
+        start = min(max(0, q), frame[-1])  # the columns whose input lies in x
+        keep = slice(start, max(start, min(frame[-1], g.in_size[-1] + q)))
+        if keep == slice(0, frame[-1]):  # all of the last dimension is input: a plain copy
             dst[..., lo:hi] = src[..., lo - q:hi - q]
         else:  # one pass: the copy AND'ed with a mask (all bits or none) per column
-            mask = _keep_mask(frame, max(keep[0], 0), max(keep), nb, bits)
+            row = np.zeros(frame[-1], bits)
+            row[keep] = -1
+            mask = mask_buf[:used].view(bits)
+            mask.reshape(-1, frame[-1])[:] = row
             np.bitwise_and(src[..., lo - q:hi - q].view(bits), mask[lo:hi],
                            out=dst[..., lo:hi].view(bits))
 
@@ -525,17 +532,6 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             phase(p, nb, x_cols, copies, acc_cols)
             accs.append(acc_cols[:, :, :used])
         _write(y[n0:n0 + nb], accs, phases, g, frame)
-
-
-@functools.lru_cache(maxsize=16)
-def _keep_mask(frame: tuple[int, ...], lo: int, hi: int, nb: int,
-               bits: np.dtype) -> np.ndarray:
-    """Over ``nb`` frames, flattened: all bits set where the last coordinate lies in
-    ``[lo, hi)``, none elsewhere (cached: a few per layer, each one row of the input's
-    columns)."""
-    row = np.zeros(frame[-1], bits)
-    row[lo:hi] = -1
-    return np.tile(row, nb * math.prod(frame[:-1]))
 
 
 def _sum_first_two(acc: np.ndarray, blocks: list[tuple[np.ndarray, int]]) -> None:

@@ -5,6 +5,7 @@ import tracemalloc
 from unittest.mock import patch
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -69,6 +70,25 @@ def test_every_formulation_and_chunking_is_right(p: Problem, method, budget, dty
         y = numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method=method)
     assert y.dtype == dtype
     assert_close(y, conv_transpose_reference(p.x, p.weight, p.bias, **p.params), p, dtype)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, params", [
+    # Taps whose shift moves the whole input out of the frame: their copies are all zero.
+    ((2, 1, 1), (1, 1, 2), dict(padding=2, output_padding=2, dilation=3)),
+    ((1, 1, 1), (1, 1, 3), dict(padding=2, dilation=3)),
+    ((1, 1, 2, 1), (1, 1, 1, 3), dict(padding=(0, 2), output_padding=(0, 1), dilation=(1, 2))),
+    # The frame wider than the input along the last dimension, several residue classes
+    # of shifts (dilation 3, stride 2).
+    ((2, 3, 5, 4), (3, 2, 3, 4), dict(stride=(1, 2), padding=(1, 3), dilation=(2, 3))),
+])
+def test_gather_copies_with_shifts_beyond_the_input(x_shape, w_shape, params):
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    g = geometry_from_shapes(x.shape, w.shape, **params)
+    expected = conv_transpose_reference(x, w, None, **params)
+    for method in ("scatter", "gather"):
+        y = numpy_backend.conv_transpose(x, w, None, g, method=method)
+        np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
 
 
 @given(p=problems(), method=st.sampled_from(["scatter", "gather"]), data=st.data())
@@ -137,7 +157,10 @@ def test_scratch_memory_is_kept_per_thread_and_bounded(monkeypatch):
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        assert peak - y.nbytes < held // 4  # the second call maps no new scratch
+        # The second call maps no new scratch; NumPy's ufuncs may still buffer operands
+        # with short rows (up to 3 of np.getbufsize() elements each, per thread).
+        ufunc_buffers = 3 * np.getbufsize() * x.itemsize * parts
+        assert peak - y.nbytes < held // 4 + ufunc_buffers
     # Another thread computes with scratch memory of its own, which release_scratch
     # returns too.
     monkeypatch.setattr(numpy_backend, "PARALLEL_MIN_FLOPS", 1e30)
