@@ -4,8 +4,9 @@ Method (GEMM + col2im by output phase): along each dimension, tap ``k`` sends in
 ``i`` to output ``o = i*stride + k*dilation - padding``, so every tap writes to one
 residue class ``o mod stride`` (its *phase*), shifted by a whole number of strides.
 For each phase, the taps that write to it are contracted with the input in one BLAS
-call per group and column tile of fixed shape, and the result's blocks of C_out/G rows
-added into the phase's accumulator, each at its tap's shift:
+call per group and column tile of fixed shape (phases that read the same copies share
+it, their rows stacked), and the result's blocks of C_out/G rows added into the phase's
+accumulator, each at its tap's shift:
 
 - scatter: ``taps*C_out/G x C_in/G`` by the input, ``C_in/G x batch*pixels``; one block
   per tap;
@@ -303,21 +304,43 @@ def _parts(g: Geometry) -> int:
     return max(1, min(g.batch, cpu_threads.blas_threads()))
 
 
-def _direct(plan: _Plan) -> bool:
-    """Whether the phase's GEMM result is its accumulator: a single block, in place."""
-    return len(plan.blocks) == 1 and plan.blocks[0][0] == 0
+@functools.lru_cache(maxsize=64)
+def _gemms(g: Geometry, method: str) -> tuple[tuple[int, ...], ...]:
+    """The phases computed together, by one GEMM per group and tile: in the gather
+    formulation, the phases that read the same copies (the same residue along the last
+    dimension), their rows stacked, which makes fewer and larger GEMMs; in scatter, each
+    phase alone (its GEMM is large already). Phases without taps are in none. Each
+    GEMM's phases are ordered by their taps, so that a box of the output stacks the same
+    rows in the same order as the whole."""
+    plans = _plans(g, method)
+    by_operand: dict = {}
+    for p, plan in enumerate(plans):
+        if plan.blocks:
+            key = p if plan.slots is None else (plan.slots.start, plan.slots.stop)
+            by_operand.setdefault(key, []).append(p)
+    return tuple(tuple(sorted(members, key=lambda p: [(i.start, i.stop, i.step)
+                                                       for i in plans[p].index]))
+                 for members in by_operand.values())
+
+
+def _direct(plans: tuple[_Plan, ...], members: tuple[int, ...]) -> bool:
+    """Whether a GEMM's result is its phase's accumulator: one phase, a single block
+    in place."""
+    blocks = plans[members[0]].blocks
+    return len(members) == 1 and len(blocks) == 1 and blocks[0][0] == 0
 
 
 @functools.lru_cache(maxsize=64)
 def _buffers(g: Geometry, method: str) -> tuple[int, ...]:
     """Channels of each temporary, per column (a pixel of the frame, per sample): the
     input; its shifted copies (gather; the one of shift 0 is the input itself) and the
-    mask they are copied through; every phase's accumulator; and the GEMM result of one
-    phase (unless it is the accumulator)."""
+    mask they are copied through; every phase's accumulator; and the result of one GEMM
+    (unless it is the accumulator), a block of C_out per row block of its phases."""
     plans = _plans(g, method)
     gather = method == "gather"
     own_input = not gather or 0 not in _slot_shifts(g)
-    blocks = max([len(plan.blocks) for plan in plans if not _direct(plan)], default=0)
+    blocks = max([sum(len(plans[p].blocks) for p in members)
+                  for members in _gemms(g, method) if not _direct(plans, members)], default=0)
     return (g.c_in if own_input else 0, len(_slot_shifts(g)) * g.c_in if gather else 0,
             1 if gather else 0, len(plans) * g.c_out, blocks * g.c_out)
 
@@ -411,7 +434,9 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             inner = cin_g * (plan.slots.stop - plan.slots.start)
         return taps.reshape(groups, inner, -1).swapaxes(1, 2)[:, None]
 
-    lhs = [weights(plan) if plan.blocks else None for plan in plans]
+    gemms = _gemms(g, method)
+    lhs = [weights(plans[members[0]]) if len(members) == 1 else
+           np.concatenate([weights(plans[p]) for p in members], axis=2) for members in gemms]
     bias_cols = None if bias is None else bias.astype(compute).reshape(groups, cout_g, 1)
 
     # Temporaries come from the thread's scratch memory, reused for every phase, chunk
@@ -423,7 +448,7 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     #   columns), zero where the shift moves no input;
     # - every phase's accumulator, kept so that the output is written a block of samples
     #   and channels at a time, all phases together, while the block is in cache;
-    # - one phase's GEMM result, (G, blocks, C_out/G, columns).
+    # - one GEMM's result, (G, blocks of its phases, C_out/G, columns).
     width_max = _padded(chunk * pixels)
     sizes = [channels * width_max for channels in _buffers(g, method)]
     scratch = _scratch(sum(sizes) * compute.itemsize).view(compute)
@@ -467,43 +492,47 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             np.bitwise_and(src[..., lo - q:hi - q].view(bits), mask[lo:hi],
                            out=dst[..., lo:hi].view(bits))
 
-    def phase(p: int, nb: int, x_cols: np.ndarray, copies: np.ndarray,
-              acc_cols: np.ndarray) -> None:
-        """Accumulate phase ``p`` of a chunk of ``nb`` samples into ``acc_cols``: the
-        GEMM, then each block zeroed where it reaches nothing and added at its flat
-        offset, in block order, then the bias. A single block in place is the GEMM's
-        result itself."""
-        plan = plans[p]
-        used, width = nb * pixels, _padded(nb * pixels)
+    def gemm(k: int, nb: int, x_cols: np.ndarray, copies: np.ndarray,
+             accs: list[np.ndarray]) -> None:
+        """GEMM ``k`` of a chunk of ``nb`` samples, then each of its phases' blocks zeroed
+        where it reaches nothing and added into the phase's accumulator at its flat
+        offset, in block order. A single block in place is the GEMM's result itself."""
+        members = gemms[k]
+        width = _padded(nb * pixels)
+        slots = plans[members[0]].slots
+        rhs = x_cols if slots is None else copies[:, slots].reshape(groups, -1, width)
+        if _direct(plans, members):
+            acc = accs[members[0]]
+            np.matmul(lhs[k], tiled(rhs), out=tiled(acc))
+            keep = plans[members[0]].blocks[0][1]
+            if keep is None:
+                acc.fill(0)
+            else:
+                unreached(acc[:, :, :nb * pixels], keep, nb)
+            return
+        rows = sum(len(plans[p].blocks) for p in members)
+        cols = cols_buf[:groups * rows * cout_g * width].reshape(groups, rows, cout_g, width)
+        np.matmul(lhs[k], tiled(rhs), out=tiled(cols.reshape(groups, -1, width)))
+        first = 0
+        for p in members:  # (G, blocks, C_out/G, columns), the phase's rows
+            blocks = plans[p].blocks
+            place(cols[:, first:first + len(blocks)], blocks, accs[p], nb)
+            first += len(blocks)
+
+    def place(cols: np.ndarray, blocks, acc_cols: np.ndarray, nb: int) -> None:
+        """Add ``blocks`` of ``cols`` into ``acc_cols``, each at its offset (see gemm)."""
+        used = nb * pixels
         acc = acc_cols[:, :, :used]
-        if plan.slots is None:
-            rhs = x_cols
-        else:
-            rhs = copies[:, plan.slots].reshape(groups, -1, width)
-        direct = _direct(plan)
-        if direct:
-            cols = acc_cols[:, None]
-        else:  # (G, blocks, C_out/G, columns)
-            shape = (groups, len(plan.blocks), cout_g)
-            cols = cols_buf[:math.prod(shape) * width].reshape(shape + (width,))
-        if plan.blocks:
-            np.matmul(lhs[p], tiled(rhs), out=tiled(cols.reshape(groups, -1, width)))
         reaching = []
-        for j, (off, keep) in enumerate(plan.blocks):
+        for j, (off, keep) in enumerate(blocks):
             if keep is not None:
                 block = cols[:, j, :, :used]
                 unreached(block, keep, nb)
                 reaching.append((block, off))
-        if direct:
-            if not reaching:
-                acc.fill(0)
-        else:
-            _sum_first_two(acc, reaching[:2])
-            for block, off in reaching[2:]:
-                lo, hi = max(0, off), used + min(0, off)
-                acc[..., lo:hi] += block[..., lo - off:hi - off]
-        if bias is not None:
-            acc += bias_cols
+        _sum_first_two(acc, reaching[:2])
+        for block, off in reaching[2:]:
+            lo, hi = max(0, off), used + min(0, off)
+            acc[..., lo:hi] += block[..., lo - off:hi - off]
 
     for n0 in range(0, g.batch, chunk):
         nb = min(chunk, g.batch - n0)
@@ -525,13 +554,17 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
                           + (slice(0, g.in_size[-1]),), nb)
             else:
                 shift(copies[:, j], x_cols, q, nb)
-        accs = []
-        for p in range(len(phases)):
-            acc_cols = acc_buf[p * g.c_out * width:(p + 1) * g.c_out * width].reshape(
-                groups, cout_g, width)
-            phase(p, nb, x_cols, copies, acc_cols)
-            accs.append(acc_cols[:, :, :used])
-        _write(y[n0:n0 + nb], accs, phases, g, frame)
+        accs = [acc_buf[p * g.c_out * width:(p + 1) * g.c_out * width].reshape(
+            groups, cout_g, width) for p in range(len(phases))]
+        for p, plan in enumerate(plans):
+            if not plan.blocks:  # no tap writes to this phase: only the bias does
+                accs[p].fill(0)
+        for k in range(len(gemms)):
+            gemm(k, nb, x_cols, copies, accs)
+        if bias is not None:
+            for acc in accs:
+                acc += bias_cols
+        _write(y[n0:n0 + nb], [acc[:, :, :used] for acc in accs], phases, g, frame)
 
 
 def _sum_first_two(acc: np.ndarray, blocks: list[tuple[np.ndarray, int]]) -> None:
