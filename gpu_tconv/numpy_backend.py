@@ -191,8 +191,8 @@ def _plans(g: Geometry, method: str) -> tuple[_Plan, ...]:
 #: GFLOP/s against 6 G floats/s on the 2-core machines measured).
 FLOPS_PER_PASS = 37
 
-#: The gather formulation's GEMMs (half the rows, several times the columns, read from
-#: several copies of the input) ran up to this much slower than scatter's.
+#: How much slower the gather formulation's GEMMs ran than scatter's on layers whose
+#: GEMMs dominate (fewer rows and more columns, read from several copies of the input).
 GATHER_GEMM_PENALTY = 0.07
 
 
