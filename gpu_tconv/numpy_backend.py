@@ -119,10 +119,11 @@ def _phases(g: Geometry) -> tuple[_Phase, ...]:
 
 @dataclass(frozen=True)
 class _Plan:
-    """How one phase is computed: one GEMM per group and column tile, whose rows are
-    blocks of C_out/G (one block per tap, or, when the last dimension's taps are stacked
-    into the GEMM's inner dimension, one per combination of the other dimensions'
-    taps), each block then added into the phase's accumulator at its flat offset."""
+    """How one phase is computed: its rows of a GEMM per group and column tile (see
+    :func:`_gemms`), blocks of C_out/G (one block per tap, or, when the last dimension's
+    taps are stacked into the GEMM's inner dimension, one per combination of the other
+    dimensions' taps), each block then added into the phase's accumulator at its flat
+    offset."""
     # Kernel indices of the phase's taps, the last dimension's then each other's: a
     # residue class, so a slice (which makes the weights' rows a view, not a copy).
     index: tuple[slice, ...]
