@@ -91,6 +91,26 @@ __device__ __forceinline__ TapRange<I> taps_reaching(
     return t;
 }
 
+// Where element ``index`` of an activation tensor lies: sample, channel and
+// spatial position, for the layout (N, C, s0, s1, s2), or (N, s0, s1, s2, C)
+// when channels are last.
+template <typename I>
+struct Position {
+    I n, c, p0, p1, p2;
+};
+
+template <typename I, bool CHANNELS_LAST>
+__device__ __forceinline__ Position<I> position_of(I index, I channels, I s0, I s1, I s2) {
+    Position<I> at;
+    if (CHANNELS_LAST) { at.c = index % channels; index /= channels; }
+    at.p2 = index % s2; index /= s2;
+    at.p1 = index % s1; index /= s1;
+    at.p0 = index % s0; index /= s0;
+    if (!CHANNELS_LAST) { at.c = index % channels; index /= channels; }
+    at.n = index;
+    return at;
+}
+
 template <typename T, typename I, bool CHANNELS_LAST>
 __global__ void conv_transpose_gather(
         const T* __restrict__ x, const T* __restrict__ w,
@@ -119,14 +139,8 @@ __global__ void conv_transpose_gather(
     // so stores are coalesced.
     for (I index = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; index < total;
          index += (I)blockDim.x * (I)gridDim.x) {
-        I rest = index;
-        I co = 0;
-        if (CHANNELS_LAST) { co = rest % c_out; rest /= c_out; }
-        const I o2 = rest % out2; rest /= out2;
-        const I o1 = rest % out1; rest /= out1;
-        const I o0 = rest % out0; rest /= out0;
-        if (!CHANNELS_LAST) { co = rest % c_out; rest /= c_out; }
-        const I n = rest;
+        const Position<I> at = position_of<I, CHANNELS_LAST>(index, c_out, out0, out1, out2);
+        const I n = at.n, co = at.c, o0 = at.p0, o1 = at.p1, o2 = at.p2;
         const I group = co / c_out_per_group;
         const I co_in_group = co - group * c_out_per_group;
 
@@ -193,14 +207,8 @@ __global__ void conv_transpose_grad_input(
 
     for (I index = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; index < total;
          index += (I)blockDim.x * (I)gridDim.x) {
-        I rest = index;
-        I ci = 0;
-        if (CHANNELS_LAST) { ci = rest % c_in; rest /= c_in; }
-        const I i2 = rest % in2; rest /= in2;
-        const I i1 = rest % in1; rest /= in1;
-        const I i0 = rest % in0; rest /= in0;
-        if (!CHANNELS_LAST) { ci = rest % c_in; rest /= c_in; }
-        const I n = rest;
+        const Position<I> at = position_of<I, CHANNELS_LAST>(index, c_in, in0, in1, in2);
+        const I n = at.n, ci = at.c, i0 = at.p0, i1 = at.p1, i2 = at.p2;
         const I group = ci / c_in_per_group;
 
         const T* dy_n = dy + n * c_out * out_plane + group * c_out_per_group * dy_channel;
