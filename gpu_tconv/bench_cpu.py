@@ -40,6 +40,8 @@ class Config:
     params: dict = field(default_factory=dict)
     dtype: str = "float32"
     depthwise: bool = False
+    group: str = "common"              # see gpu_tconv.bench_cpu_layers
+    held_out: bool = False             # not used to fit the formulation rule
 
 
 CONFIGS = [
@@ -151,38 +153,72 @@ def run(configs: list[Config], repeats: int, pause: float, methods: bool,
         x = rng.standard_normal(config.x).astype(config.dtype)
         w = rng.standard_normal(config.weight).astype(config.dtype)
         g: Geometry = geometry_from_shapes(x.shape, w.shape, **config.params)
-        row = {"name": config.name, "dtype": config.dtype, "x": config.x, "weight": config.weight,
+        row = {"name": config.name, "group": config.group, "held_out": config.held_out,
+               "dtype": config.dtype, "x": config.x, "weight": config.weight,
                "params": config.params, "flops": g.flops, "depthwise": config.depthwise,
-               "method": numpy_backend.choose_method(g)}
+               "method": numpy_backend.choose_method(g, x.dtype)}
         ours = lambda m=None: numpy_backend.conv_transpose(x, w, None, g, method=m)
         torch_fn = _torch_runner(config, x, w)
         # Rounds of one block each: the machine's speed drifts over seconds (shared
         # hosts), and both libraries should see the same drift.
+        # Every formulation (with --methods) is timed in the same rounds, alternating
+        # with PyTorch, so that their ratios to it see the same drift.
         numpy_rounds, torch_rounds = [], []
+        method_rounds = {m: [] for m in (numpy_backend.METHODS if methods else ())}
         for _ in range(rounds):
             numpy_rounds.append(median_ms(ours, repeats, pause))
             if torch_fn is not None:
                 torch_rounds.append(median_ms(torch_fn, repeats, pause))
+            for m, times in method_rounds.items():
+                if numpy_backend.applies(g, m):
+                    times.append(median_ms(lambda: ours(m), repeats, pause))
         row["numpy_ms"], row["numpy_rounds_ms"] = statistics.median(numpy_rounds), numpy_rounds
         if torch_rounds:
             row["torch_ms"], row["torch_rounds_ms"] = statistics.median(torch_rounds), torch_rounds
         row["peak_extra_mib"] = peak_extra_bytes(ours) / 2**20
         row["output_mib"] = math.prod(g.out_shape) * x.itemsize / 2**20
-        if methods:
-            for m in ("scatter", "gather"):
-                row[f"{m}_ms"] = median_ms(lambda: ours(m), repeats, pause)
+        for m, times in method_rounds.items():
+            if times:
+                row[f"{m}_ms"] = statistics.median(times)
         if config.name in TEXTBOOK_CONFIGS:
             row["textbook_ms"] = _once_ms(lambda: conv_transpose_reference(x, w, **config.params),
                                           pause)
         rows.append(row)
         _print_row(row, methods)
-    ratios = [r["numpy_ms"] / r["torch_ms"] for r in rows if "torch_ms" in r]
-    summary = {"geomean_ratio_to_torch": math.exp(statistics.fmean(map(math.log, ratios)))
-               if ratios else None}
+    summary = summarize(rows)
     return {"gpu_tconv": __version__, "machine": platform.processor() or platform.machine(),
             "numpy": np.__version__, "blas": blas_info(), "repeats": repeats, "rounds": rounds,
             "warm_heap": heap, "rows": rows,
             "summary": summary}
+
+
+def _geomean(values: list[float]) -> float | None:
+    return math.exp(statistics.fmean(map(math.log, values))) if values else None
+
+
+def bound(row: dict) -> float:
+    """The ratio to PyTorch a layer must stay within: 3x, or 4x for depthwise layers and
+    layers that take PyTorch under 1 ms."""
+    return 4.0 if row["depthwise"] or row["torch_ms"] < 1.0 else 3.0
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Geometric means of numpy/torch over all rows, per group, and over the sweep's
+    held-out and fitted rows; the worst rows and those beyond their :func:`bound`."""
+    timed = [r for r in rows if "torch_ms" in r]
+    ratio = {id(r): r["numpy_ms"] / r["torch_ms"] for r in timed}
+    groups = sorted({r["group"] for r in timed})
+    sweep = [r for r in timed if r["group"] == "sweep"]
+    worst = sorted(timed, key=lambda r: -ratio[id(r)])[:5]
+    return {
+        "geomean_ratio_to_torch": _geomean(list(ratio.values())),
+        "per_group": {grp: _geomean([ratio[id(r)] for r in timed if r["group"] == grp])
+                      for grp in groups},
+        "sweep_held_out": _geomean([ratio[id(r)] for r in sweep if r["held_out"]]),
+        "sweep_fitted": _geomean([ratio[id(r)] for r in sweep if not r["held_out"]]),
+        "worst": [(r["name"], ratio[id(r)]) for r in worst],
+        "beyond_bound": [(r["name"], ratio[id(r)]) for r in timed if ratio[id(r)] > bound(r)],
+    }
 
 
 def _print_row(r: dict, methods: bool) -> None:
@@ -190,9 +226,9 @@ def _print_row(r: dict, methods: bool) -> None:
     ratio = f"{r['numpy_ms'] / torch_ms:6.2f}x" if torch_ms else "   n/a "
     extra = f"  textbook {r['textbook_ms']:9.1f} ms ({r['textbook_ms'] / torch_ms:.0f}x torch)" \
         if "textbook_ms" in r and torch_ms else ""
-    per_method = "".join(f"  {m} {r[m + '_ms']:.2f}" for m in ("scatter", "gather")
+    per_method = "".join(f"  {m} {r[m + '_ms']:.2f}" for m in numpy_backend.METHODS
                          if methods and m + "_ms" in r)
-    print(f"{r['name']:<36} numpy {r['numpy_ms']:9.2f} ms  torch "
+    print(f"{r['name']:<52} numpy {r['numpy_ms']:9.2f} ms  torch "
           f"{torch_ms if torch_ms else float('nan'):9.2f} ms  {ratio}  "
           f"{r['flops'] / r['numpy_ms'] / 1e6:6.1f} GFLOP/s  peak extra "
           f"{r['peak_extra_mib']:6.1f} MiB ({r['method']}){per_method}{extra}", flush=True)
@@ -208,6 +244,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of rest between blocks (default 0.3)")
     parser.add_argument("--only", metavar="TEXT",
                         help="run the configurations whose name contains TEXT")
+    parser.add_argument("--group", choices=("common", "kernelbench", "sweep"),
+                        help="run one group of configurations (default: all)")
     parser.add_argument("--default-heap", action="store_true",
                         help="leave glibc's allocator as it is (timings then depend on what "
                              "the process freed before; see warm_heap)")
@@ -218,7 +256,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> dict:
-    configs = [c for c in CONFIGS if not args.only or args.only in c.name]
+    from .bench_cpu_layers import all_layers  # it imports this module
+
+    configs = [c for c in all_layers() if (not args.only or args.only in c.name)
+               and (not getattr(args, "group", None) or c.group == args.group)]
     if not configs:
         raise ValueError(f"no benchmark configuration matches {args.only!r}")
     print("heap:", "as it is" if args.default_heap else "warm (freed memory kept by glibc)")
@@ -226,8 +267,17 @@ def run_from_args(args: argparse.Namespace) -> dict:
                              f"({b.get('num_threads')} threads)" for b in blas_info()))
     result = run(configs, args.repeats, args.pause, args.methods, not args.default_heap,
                  args.rounds)
-    if result["summary"]["geomean_ratio_to_torch"] is not None:
-        print(f"geometric mean of numpy/torch: {result['summary']['geomean_ratio_to_torch']:.2f}x")
+    summary = result["summary"]
+    if summary["geomean_ratio_to_torch"] is not None:
+        print(f"geometric mean of numpy/torch: {summary['geomean_ratio_to_torch']:.2f}x")
+        for grp, value in summary["per_group"].items():
+            print(f"  {grp}: {value:.2f}x")
+        for part in ("sweep_fitted", "sweep_held_out"):
+            if summary[part] is not None:
+                print(f"  {part.replace('_', ' ')}: {summary[part]:.2f}x")
+        print("worst:", "; ".join(f"{n} {v:.2f}x" for n, v in summary["worst"]))
+        print("beyond their bound:", "; ".join(f"{n} {v:.2f}x" for n, v in
+                                              summary["beyond_bound"]) or "none")
     args.output.mkdir(parents=True, exist_ok=True)
     path = args.output / f"cpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=1))

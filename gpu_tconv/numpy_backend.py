@@ -54,23 +54,21 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import cpu_threads
+from . import cpu_threads, numpy_col2im
 from .geometry import Geometry
+
+#: What the results promise across batch chunks, output boxes, Dask blocks and cores:
+#: each output within this many ulps (of its dtype) of the sum of its terms' magnitudes
+#: (``sum |x*w| + |b|``) of the result computed whole. BLAS rounds an element of a GEMM
+#: differently by the GEMM's shape, its thread count and the CPU (its kernels), and the
+#: GEMMs here are shaped by the problem. The same call on the same machine, with the
+#: same BLAS threads, gives the same bits run after run.
+SEAM_TOLERANCE_ULPS = 4
 
 #: Budget for the temporaries of one call, in bytes: large enough that typical layers
 #: need no output boxes (each box re-reads a halo and pads a GEMM tile), small enough
 #: to stay well below the output's own size on large problems.
 TEMP_BUDGET_BYTES = 32 * 2**20
-
-#: Columns of every GEMM. BLAS rounds an element differently depending on where its
-#: column falls (edge micro-kernels, GEMV for a single column, how threads split the
-#: columns), so the pixels are cut into tiles of this many columns, the last one
-#: zero-padded, and every tile is a GEMM of the same shape: an output's value then does
-#: not depend on where it lies, on the batch chunking or on the input's extent. A
-#: multiple of every micro-kernel width, and wide enough that BLAS runs near its peak
-#: even with few input channels (short dot products).
-GEMM_TILE = 2048
-
 
 @dataclass(frozen=True)
 class _DimTap:
@@ -197,7 +195,7 @@ FLOPS_PER_PASS = 37
 GATHER_GEMM_PENALTY = 0.07
 
 
-def choose_method(g: Geometry) -> str:
+def choose_method(g: Geometry, dtype=np.float32) -> str:
     """Which formulation takes less time, by a model of memory traffic per pixel of the
     input (the GEMM flops are equal).
 
@@ -229,7 +227,7 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     """
     g = geometry
     if method is None:
-        method = choose_method(g)
+        method = choose_method(g, x.dtype)
         # The gather formulation multiplies the zeros around the input by the weights,
         # which turns an infinite weight into NaN where PyTorch has none.
         if method == "gather" and not np.isfinite(weight).all():
@@ -250,18 +248,25 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     # as a small layer.
     last, other = (2 + g.rank,), tuple(range(3, 2 + g.rank))  # axes of the taps
     order = ((0, 1) + last + other if method == "scatter" else (0,) + last + (1,) + other) + (2,)
+    if method == "col2im":
+        order = tuple(range(3 + g.rank))  # it stacks its taps' rows itself
     w = np.ascontiguousarray(weight.astype(compute, copy=False).reshape(
         (g.groups, g.c_in_per_group, g.c_out_per_group) + g.kernel).transpose(order))
     # Large calls split their batch between cores (see gpu_tconv.cpu_threads), each part
     # within its share of the temporaries' budget.
     parts = _parts(g)
     budget = TEMP_BUDGET_BYTES // parts
+    if method not in METHODS or not applies(g, method, x.dtype):
+        raise ValueError(f"method {method!r} cannot compute this layer")
 
     def part(k: int) -> None:
         samples = slice(g.batch * k // parts, g.batch * (k + 1) // parts)
         gk = replace(g, batch=samples.stop - samples.start)
         # NaN, infinities and float16 overflow are results here, as in PyTorch, not errors.
         with np.errstate(all="ignore"):
+            if method == "col2im":
+                numpy_col2im.compute(x[samples], w, bias, gk, y_view[samples], budget)
+                return
             for in_box, out_box, tile in _tiles(gk, method, compute.itemsize, budget):
                 where = (samples, slice(None)) + out_box
                 if tile is None:  # no input reaches this box: only the bias does
@@ -279,10 +284,6 @@ def compute_dtype(dtype) -> np.dtype:
     """The type arithmetic runs in: float32 for float16 (as PyTorch accumulates), else
     the dtype itself."""
     return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
-
-
-def _padded(n: int) -> int:
-    return -(-n // GEMM_TILE) * GEMM_TILE
 
 
 @functools.lru_cache(maxsize=64)
@@ -450,7 +451,7 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     # - every phase's accumulator, kept so that the output is written a block of samples
     #   and channels at a time, all phases together, while the block is in cache;
     # - one GEMM's result, (G, blocks of its phases, C_out/G, columns).
-    width_max = _padded(chunk * pixels)
+    width_max = chunk * pixels
     sizes = [channels * width_max for channels in _buffers(g, method)]
     scratch = _scratch(sum(sizes) * compute.itemsize).view(compute)
     x_buf, copies_buf, mask_buf, acc_buf, cols_buf = (
@@ -459,8 +460,9 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     bits = np.dtype(f"i{compute.itemsize}")  # to copy floats masked, bit for bit
 
     def tiled(a: np.ndarray) -> np.ndarray:
-        """(G, rows, tiles*GEMM_TILE) as (G, tiles, rows, GEMM_TILE) views: one GEMM each."""
-        return a.reshape(a.shape[0], a.shape[1], -1, GEMM_TILE).swapaxes(1, 2)
+        """(G, rows, columns) as (G, 1, rows, columns): one GEMM per group, as wide as
+        the chunk (BLAS blocks it as it sees fit)."""
+        return a[:, None]
 
     def unreached(block: np.ndarray, keep: tuple[slice, ...], nb: int) -> None:
         """Zero the frame positions of ``block`` (G, C, nb*frame) outside ``keep``."""
@@ -499,7 +501,7 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         where it reaches nothing and added into the phase's accumulator at its flat
         offset, in block order. A single block in place is the GEMM's result itself."""
         members = gemms[k]
-        width = _padded(nb * pixels)
+        width = nb * pixels
         slots = plans[members[0]].slots
         rhs = x_cols if slots is None else copies[:, slots].reshape(groups, -1, width)
         if _direct(plans, members):
@@ -537,7 +539,7 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
 
     for n0 in range(0, g.batch, chunk):
         nb = min(chunk, g.batch - n0)
-        used, width = nb * pixels, _padded(nb * pixels)
+        used, width = nb * pixels, nb * pixels
         copies = copies_buf[:len(shifts) * groups * cin_g * width].reshape(
             groups, len(shifts), cin_g, width)
         if x_buf.size:
@@ -656,3 +658,16 @@ def _write(y: np.ndarray, accs: list[np.ndarray], phases: tuple[_Phase, ...], g:
             for lattice, where in zip(lattices, strided):
                 # (C_out, nb, ...) to (nb, C_out, ...)
                 y[block + where] = lattice[block[::-1]].swapaxes(0, 1)
+
+
+#: The formulations :func:`conv_transpose` can run (see :func:`choose_method`).
+METHODS = ("scatter", "gather", "col2im")
+
+
+def applies(g: Geometry, method: str, dtype=np.float32) -> bool:
+    """Whether ``method`` can compute ``g`` on ``dtype`` arrays (scatter and gather can
+    compute any layer; see :func:`gpu_tconv.numpy_col2im.applies`)."""
+    if method != "col2im":
+        return method in METHODS
+    return numpy_col2im.applies(g, np.dtype(dtype), compute_dtype(dtype),
+                                TEMP_BUDGET_BYTES // _parts(g))

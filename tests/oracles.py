@@ -163,3 +163,24 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, p: Problem, dtype,
     worst = np.unravel_index(np.argmax(error - bound), error.shape) if error.size else None
     assert np.all(error <= bound), (
         f"max error {error.max()} at {worst}: got {actual[worst]}, expected {expected[worst]}")
+
+
+def assert_within_seam_tolerance(actual: np.ndarray, expected: np.ndarray, p: Problem,
+                                 dtype, crop: tuple | None = None) -> None:
+    """The NumPy backend's promise across batch chunks, output boxes and Dask seams:
+    ``|actual - expected|`` within ``numpy_backend.SEAM_TOLERANCE_ULPS`` ulps (of the
+    result's dtype) of the sum of |terms| (|x*w| + |b|) of each output. BLAS promises no
+    bit pattern across GEMM shapes, thread counts or CPUs, so neither do the results."""
+    from gpu_tconv.numpy_backend import SEAM_TOLERANCE_ULPS
+    from gpu_tconv.reference import conv_transpose_reference
+
+    assert actual.shape == expected.shape
+    scale = conv_transpose_reference(np.abs(p.x), np.abs(p.weight),
+                                     None if p.bias is None else np.abs(p.bias), **p.params)
+    if crop is not None:
+        scale = scale[crop]
+    error = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    bound = SEAM_TOLERANCE_ULPS * np.finfo(dtype).eps * scale + np.finfo(dtype).smallest_subnormal
+    # NaN and infinities must be where they are in the other result.
+    same = (actual == expected) | (np.isnan(actual) & np.isnan(expected))
+    assert np.all(same | (error <= bound)), f"max error {np.nanmax(error - bound)} beyond the bound"

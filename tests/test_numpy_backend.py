@@ -1,4 +1,5 @@
-"""The NumPy fallback: every formulation right, at every chunking, within its memory budget."""
+"""The NumPy fallback: every formulation right, at every chunking, within its memory budget;
+the same bits run after run, and chunks and boxes within the seam tolerance of the whole."""
 
 import threading
 import tracemalloc
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from gpu_tconv import cpu_threads, numpy_backend
 from gpu_tconv.geometry import geometry_from_shapes
 from gpu_tconv.reference import conv_transpose_reference
-from oracles import Problem, assert_close, problems
+from oracles import Problem, assert_close, assert_within_seam_tolerance, problems
 
 
 def _peak_temporaries(x, w, g, method) -> tuple[int, np.ndarray]:
@@ -27,13 +28,8 @@ def _peak_temporaries(x, w, g, method) -> tuple[int, np.ndarray]:
     return peak - y.nbytes, y
 
 
-# Rows of the buffers whose last GEMM tile is zero-padded (k4 s2 p1, 4 -> 8 channels):
-# scatter: the input, the 4 phases' accumulators, the columns of a phase's 4 taps;
-# gather: 3 shifted copies of the input, their mask, the 4 accumulators, and the
-# columns of one GEMM (2 phases of 2 blocks each).
-@pytest.mark.parametrize("method, rows", [("scatter", 4 + 4 * 8 + 4 * 8),
-                                          ("gather", 3 * 4 + 1 + 4 * 8 + 2 * 2 * 8)])
-def test_temporaries_stay_within_budget(monkeypatch, method, rows):
+@pytest.mark.parametrize("method", numpy_backend.METHODS)
+def test_temporaries_stay_within_budget(monkeypatch, method):
     budget = 256 * 1024
     monkeypatch.setattr(numpy_backend, "TEMP_BUDGET_BYTES", budget)
     rng = np.random.default_rng(5)
@@ -42,27 +38,28 @@ def test_temporaries_stay_within_budget(monkeypatch, method, rows):
     w = rng.standard_normal((4, 8, 4, 4))
     g = geometry_from_shapes(x.shape, w.shape, stride=2, padding=1)
     extra, y = _peak_temporaries(x, w, g, method)
-    # The budget, plus what the backend documents beyond it: the zero padding of the last
-    # GEMM tile of each buffer's rows.
-    assert extra <= budget + numpy_backend.GEMM_TILE * rows * 8, extra
+    # The budget, plus what the backend documents beyond it: copies of the weights, and
+    # NumPy's own buffers for ufuncs on strided operands (up to 3 of np.getbufsize()
+    # elements).
+    assert extra <= budget + 2 * w.nbytes + 3 * np.getbufsize() * x.itemsize, extra
     np.testing.assert_allclose(y[:2], conv_transpose_reference(x[:2], w, stride=2, padding=1),
                                rtol=1e-12, atol=1e-12)
 
 
-def test_chunked_result_equals_unchunked(monkeypatch):
+@pytest.mark.parametrize("method", ["scatter", "gather"])
+def test_chunked_result_is_within_the_seam_tolerance_of_unchunked(monkeypatch, method):
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((9, 3, 7, 5)).astype(np.float32)
-    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
-    g = geometry_from_shapes(x.shape, w.shape, stride=(2, 1), padding=1, dilation=(1, 2))
-    # The scatter formulation sums each output's taps in the same order however the
-    # batch and taps are split (the gather one reassociates the GEMM when taps are split).
-    whole = numpy_backend.conv_transpose(x, w, None, g, method="scatter")
-    monkeypatch.setattr(numpy_backend, "TEMP_BUDGET_BYTES", 1)  # one sample, one tap at a time
-    chunked = numpy_backend.conv_transpose(x, w, None, g, method="scatter")
-    assert chunked.tobytes() == whole.tobytes()
+    params = dict(stride=(2, 1), padding=1, dilation=(1, 2))
+    p = Problem(rng.standard_normal((9, 24, 7, 5)).astype(np.float32),
+                rng.standard_normal((24, 16, 3, 3)).astype(np.float32), None, params)
+    g = geometry_from_shapes(p.x.shape, p.weight.shape, **params)
+    whole = numpy_backend.conv_transpose(p.x, p.weight, None, g, method=method)
+    monkeypatch.setattr(numpy_backend, "TEMP_BUDGET_BYTES", 1)  # one sample, one box at a time
+    chunked = numpy_backend.conv_transpose(p.x, p.weight, None, g, method=method)
+    assert_within_seam_tolerance(chunked, whole, p, np.float32)
 
 
-@given(p=problems(), method=st.sampled_from(["scatter", "gather"]),
+@given(p=problems(), method=st.sampled_from(numpy_backend.METHODS),
        budget=st.sampled_from([1, 4096, 8 * 2**20]),
        dtype=st.sampled_from([np.float64, np.float32, np.float16]))
 def test_every_formulation_and_chunking_is_right(p: Problem, method, budget, dtype):
@@ -70,6 +67,10 @@ def test_every_formulation_and_chunking_is_right(p: Problem, method, budget, dty
     g = geometry_from_shapes(p.x.shape, p.weight.shape, None if p.bias is None else p.bias.shape,
                              **p.params)
     with patch.object(numpy_backend, "TEMP_BUDGET_BYTES", budget):
+        if not numpy_backend.applies(g, method, dtype):
+            with pytest.raises(ValueError, match="method"):
+                numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method=method)
+            return
         y = numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method=method)
     assert y.dtype == dtype
     assert_close(y, conv_transpose_reference(p.x, p.weight, p.bias, **p.params), p, dtype)
@@ -94,13 +95,18 @@ def test_gather_copies_with_shifts_beyond_the_input(x_shape, w_shape, params):
         np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
 
 
-@given(p=problems(), method=st.sampled_from(["scatter", "gather"]), data=st.data())
-def test_any_output_box_from_its_input_slice_is_bit_for_bit_the_whole(p: Problem, method, data):
+@given(p=problems(max_channels=24), method=st.sampled_from(numpy_backend.METHODS),
+       data=st.data())
+def test_any_output_box_from_its_input_slice_is_within_the_seam_tolerance(p: Problem, method,
+                                                                        data):
     # What blockwise callers (output boxes here, Dask chunks) rely on: a box of the output,
-    # computed from just the inputs that reach it, has the very bits of the whole result.
+    # computed from just the inputs that reach it, is the whole result's box to within the
+    # seam tolerance (wide channel counts make BLAS round by the GEMM's shape).
     p = p.astype(np.float32)
     g = geometry_from_shapes(p.x.shape, p.weight.shape, None if p.bias is None else p.bias.shape,
                              **p.params)
+    if not numpy_backend.applies(g, method, np.float32):
+        return
     whole = numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method=method)
     box = tuple(sorted(data.draw(st.lists(st.integers(0, n), min_size=2, max_size=2,
                                           unique=True))) for n in g.out_size)
@@ -109,18 +115,21 @@ def test_any_output_box_from_its_input_slice_is_bit_for_bit_the_whole(p: Problem
     if found is None:
         return
     in_box, tile = found
-    part = numpy_backend.conv_transpose(p.x[(slice(None),) * 2 + in_box], p.weight, p.bias,
-                                        tile, method=method)
-    assert part.tobytes() == whole[out].tobytes()
+    x_box = p.x[(slice(None),) * 2 + in_box]
+    part = numpy_backend.conv_transpose(x_box, p.weight, p.bias, tile, method=method)
+    assert_within_seam_tolerance(part, whole[out], p, np.float32, crop=out)
 
 
-@given(p=problems(), method=st.sampled_from(["scatter", "gather"]))
+@given(p=problems(), method=st.sampled_from(numpy_backend.METHODS))
 def test_stale_scratch_memory_changes_nothing(p: Problem, method):
     # The scratch memory is reused between calls without clearing: whatever a previous
-    # call left there (here: NaN in every byte) must not reach a result.
+    # call left there (here: NaN in every byte) must not reach a result. And the same
+    # call gives the same bits, run after run.
     p = p.astype(np.float32)
     g = geometry_from_shapes(p.x.shape, p.weight.shape, None if p.bias is None else p.bias.shape,
                              **p.params)
+    if not numpy_backend.applies(g, method, np.float32):
+        return
     numpy_backend.release_scratch()
     fresh = numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method=method)
     for held in list(numpy_backend._SCRATCH.values()):  # none if nothing was computed
@@ -145,7 +154,7 @@ def test_scratch_memory_is_kept_per_thread_and_bounded(monkeypatch):
     x = rng.standard_normal((16, 8, 32, 32)).astype(np.float32)
     w = rng.standard_normal((8, 4, 4, 4)).astype(np.float32)
     g = geometry_from_shapes(x.shape, w.shape, stride=2, padding=1)
-    padding = numpy_backend.GEMM_TILE * (8 + 4 * 4 + 4 * 4) * 4
+    padding = 2 * w.nbytes  # copies of the weights
     for parts in (1, 2):  # on this thread; on as many pool threads as there are cores
         monkeypatch.setattr(numpy_backend, "PARALLEL_MIN_FLOPS", 0 if parts > 1 else 1e30)
         numpy_backend.release_scratch()
