@@ -1,13 +1,20 @@
 """Time every NumPy formulation and PyTorch on the CPU benchmark's layers, interleaved,
-and write the best time of each to JSON: the data the formulation rule
-(``numpy_backend.choose_method``) is fitted on (the sweep's held-out layers excepted).
+and write the times to JSON: the data the formulation rule
+(``numpy_backend.choose_method``) is fitted on (the sweep's held-out layers excepted);
+``--fit FILE`` searches the cost model's constants on such a file.
 
-The best of interleaved calls, not the median: on a shared machine other work only ever
-adds time, and what is compared here is one formulation against another.
+Calls are interleaved one by one (each formulation, then PyTorch, again and again), and
+each formulation's time is reported as PyTorch's median time times the median of its
+per-round ratios to PyTorch: on a shared machine the load changes from second to
+second, and a round's calls see about the same load.
 """
 
 import argparse
+import itertools
 import json
+import math
+import signal
+import statistics
 import time
 
 import numpy as np
@@ -18,32 +25,114 @@ from gpu_tconv.bench_cpu_layers import all_layers
 from gpu_tconv.geometry import geometry_from_shapes
 
 
-def best_times(fns: dict, seconds: float) -> dict:
-    """Each function called in turn until ``seconds`` pass (3 calls each at least): the
-    fastest call of each, in ms."""
-    for fn in fns.values():
-        fn()  # warm-up
-    best = {name: float("inf") for name in fns}
-    start, calls = time.perf_counter(), 0
-    while calls < 3 or time.perf_counter() - start < seconds:
+class _Late(Exception):
+    pass
+
+
+def _within(fn, seconds: float) -> bool:
+    """Call ``fn``; False if it was still running after ``seconds`` (it is interrupted
+    between two NumPy calls)."""
+    def late(*_):
+        raise _Late
+    old = signal.signal(signal.SIGALRM, late)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        fn()
+        return True
+    except _Late:
+        return False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def interleaved_times(fns: dict, seconds: float) -> dict:
+    """Each function called in turn until ``seconds`` pass (5 rounds at least): per
+    function, PyTorch's median time (ms) times the median of its ratios to PyTorch's
+    call in the same round."""
+    first = {}
+    for name, fn in sorted(fns.items(), key=lambda item: item[0] != "torch"):  # warm-up
+        t = time.perf_counter()
+        if not _within(fn, max(2.0, 30 * first.get("torch", 0))):
+            first[name] = float("inf")  # too slow to be a candidate
+            continue
+        first[name] = time.perf_counter() - t
+    # A formulation 10 times slower than another at its first call is not a candidate:
+    # it is timed by that call alone.
+    fastest = min(first.values())
+    slow = {name: 1e3 * min(t, 1e4) for name, t in first.items()
+            if name != "torch" and t > 10 * fastest and t > 0.05}
+    fns = {name: fn for name, fn in fns.items() if name not in slow}
+    times = {name: [] for name in fns}
+    start = time.perf_counter()
+    while len(times["torch"]) < 5 or time.perf_counter() - start < seconds:
         for name, fn in fns.items():
             t = time.perf_counter()
             fn()
-            best[name] = min(best[name], 1e3 * (time.perf_counter() - t))
-        calls += 1
-    return best
+            times[name].append(time.perf_counter() - t)
+    torch_ms = 1e3 * statistics.median(times["torch"])
+    return {**slow, **{name: torch_ms * statistics.median(a / b for a, b in
+                                                         zip(ts, times["torch"]))
+                       for name, ts in times.items()}}
+
+
+#: The constants of numpy_backend's cost model, and the values tried for each.
+GRID = {"FLOPS_PER_PASS": [20, 30, 37, 50, 70], "GATHER_GEMM_PENALTY": [0.0, 0.07, 0.15],
+        "COL2IM_STRIDED_PENALTY": [1.0, 1.5, 2.0, 3.0], "PASSES_PER_CALL": [5e3, 2e4, 6e4],
+        "PASSES_PER_RUN": [3, 10, 30]}
+
+
+def _loss(rows: list[dict]) -> tuple[float, float]:
+    """Geometric means, over ``rows``, of the chosen formulation's time over the best
+    one's and over PyTorch's."""
+    lost, ratio = [], []
+    for r in rows:
+        g = geometry_from_shapes(r["x"], r["weight"], **r["params"])
+        chosen = r["ms"][numpy_backend.choose_method(g, np.dtype(r["dtype"]))]
+        lost.append(math.log(chosen / min(v for k, v in r["ms"].items() if k != "torch")))
+        ratio.append(math.log(chosen / r["ms"]["torch"]))
+    return math.exp(statistics.fmean(lost)), math.exp(statistics.fmean(ratio))
+
+
+def fit(path: str) -> dict:
+    """The grid's constants that lose least time on the rows not held out; printed with
+    how the rule fares on the held-out rows."""
+    rows = [r for r in json.load(open(path)) if r["ms"].get("torch")]
+    for r in rows:
+        r["params"] = {k: tuple(v) if isinstance(v, list) else v for k, v in r["params"].items()}
+    fitted = [r for r in rows if not r["held_out"]]
+    held = [r for r in rows if r["held_out"]]
+    best = None
+    for values in itertools.product(*GRID.values()):
+        for name, value in zip(GRID, values):
+            setattr(numpy_backend, name, value)
+        loss = _loss(fitted)[0]
+        if best is None or loss < best[0]:
+            best = (loss, dict(zip(GRID, values)))
+    for name, value in best[1].items():
+        setattr(numpy_backend, name, value)
+    report = {"constants": best[1], "fitted": _loss(fitted), "held_out": _loss(held),
+              "rows_fitted": len(fitted), "rows_held_out": len(held)}
+    print(json.dumps(report, indent=1))
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--only", default="")
+    parser.add_argument("--start", type=int, default=0, help="skip the first START layers")
     parser.add_argument("--output", default="bench/results/cpu-methods.json")
+    parser.add_argument("--fit", metavar="JSON",
+                        help="fit the cost model's constants to a file this script wrote")
     args = parser.parse_args()
+    if args.fit:
+        fit(args.fit)
+        return
     warm_heap()
     rng = np.random.default_rng(0)
     rows = []
-    for c in all_layers():
+    for c in all_layers()[args.start:]:
         if args.only not in c.name:
             continue
         x = rng.standard_normal(c.x).astype(c.dtype)
@@ -52,7 +141,7 @@ def main() -> None:
         fns = {m: (lambda m=m: numpy_backend.conv_transpose(x, w, None, g, method=m))
                for m in numpy_backend.METHODS if numpy_backend.applies(g, m, x.dtype)}
         fns["torch"] = _torch_runner(c, x, w)
-        best = best_times(fns, args.seconds)
+        best = interleaved_times(fns, args.seconds)
         rows.append({"name": c.name, "group": c.group, "held_out": c.held_out,
                      "x": c.x, "weight": c.weight, "params": c.params, "dtype": c.dtype,
                      "depthwise": c.depthwise, "chosen": numpy_backend.choose_method(g, x.dtype),

@@ -1,25 +1,35 @@
 """The ``numpy`` backend: a vectorized CPU transposed convolution.
 
-Method (GEMM + col2im by output phase): along each dimension, tap ``k`` sends input
-``i`` to output ``o = i*stride + k*dilation - padding``, so every tap writes to one
-residue class ``o mod stride`` (its *phase*), shifted by a whole number of strides.
-For each phase, the taps that write to it are contracted with the input in one BLAS
-call per group and column tile of fixed shape (phases that read the same copies share
-it, their rows stacked), and the result's blocks of C_out/G rows added into the phase's
-accumulator, each at its tap's shift:
+Three formulations, chosen per layer by a cost model (:func:`choose_method`, fitted on
+the CPU benchmark: see :mod:`gpu_tconv.bench_cpu_layers`); every GEMM is shaped by the
+problem (its columns are the batch chunk's pixels, as many as there are).
+
+Phase formulations (GEMM + col2im by output phase): along each dimension, tap ``k``
+sends input ``i`` to output ``o = i*stride + k*dilation - padding``, so every tap writes
+to one residue class ``o mod stride`` (its *phase*), shifted by a whole number of
+strides. For each phase, the taps that write to it are contracted with the input in
+one BLAS call per group (phases that read the same copies share it, their rows
+stacked), and the result's blocks of C_out/G rows added into the phase's accumulator,
+each at its tap's shift:
 
 - scatter: ``taps*C_out/G x C_in/G`` by the input, ``C_in/G x batch*pixels``; one block
   per tap;
 - gather: ``other taps*C_out/G x last taps*C_in/G`` by copies of the input shifted along
   the last dimension (made once per distinct shift, shared by the phases); one block
   per combination of the other dimensions' taps, or none to add when that is a single
-  block in place (1-D layers), which the GEMM writes directly.
+  block in place (1-D layers, where stride 1 is the correlation with the flipped kernel:
+  the shifted copies stacked, one GEMM, written in place).
 
 The input, its copies and the accumulators share one flattened layout, so a shift is a
 single offset and a block's addition one contiguous slice operation. Once every
 phase is accumulated, the output is written a cache-sized block of samples and
 channels at a time, all phases of the block together. There is no zero insertion and
 no Python loop over pixels; Python loops run over phases, taps and output blocks.
+
+The third, ``col2im`` (:mod:`gpu_tconv.numpy_col2im`), multiplies over the input
+pixels only and adds each tap's block straight into the output (or copies it where taps
+never overlap: the pixel shuffle of ``kernel == stride``): small images with large
+kernels or strides, and many channels on tiny images, as one GEMM over the whole batch.
 
 Cores: a large call (:data:`PARALLEL_MIN_FLOPS`) splits its batch into one part per
 core, each computed with BLAS limited to that core (:mod:`gpu_tconv.cpu_threads`), so
@@ -31,15 +41,16 @@ between calls, per thread, because mapping fresh memory costs a page fault per p
 which rivals the arithmetic of small layers.
 The batch, and for very large samples the output itself (in boxes, each computed from
 the inputs that reach it), are split so that a call's scratch stays within
-:data:`TEMP_BUDGET_BYTES` (shared between its parts), plus the zero padding of the last
-GEMM tile (fewer than :data:`GEMM_TILE` columns per row of each buffer), a copy of the
-weights and the per-phase stacks of it. :func:`release_scratch` returns the scratch
-memory of every thread. float16 is computed in float32 and rounded once, when the
-result is stored.
+:data:`TEMP_BUDGET_BYTES` (shared between its parts), plus a copy of the weights and
+the per-phase stacks of it (and NumPy's own ufunc buffers, a few pages).
+:func:`release_scratch` returns the scratch memory of every thread. float16 is computed
+in float32 and rounded once, when the result is stored.
 
-Results are bit for bit the same however the batch is chunked and the output boxed,
-and for any slice of the input (each output's sum has a fixed shape and order: see
-:data:`GEMM_TILE`).
+Determinism (:data:`SEAM_TOLERANCE_ULPS`): the same call on the same machine gives the
+same bits, run after run; batch chunks, output boxes, Dask blocks and the parts on
+several cores agree with the whole result within a few ulps of the sum of |terms|, not
+bit for bit (BLAS promises no bit pattern across GEMM shapes, thread counts or CPUs).
+Bit-for-bit independence is the promise of the ``cuda`` and ``emulated`` backends.
 """
 
 from __future__ import annotations
@@ -66,7 +77,7 @@ from .geometry import Geometry
 SEAM_TOLERANCE_ULPS = 4
 
 #: Budget for the temporaries of one call, in bytes: large enough that typical layers
-#: need no output boxes (each box re-reads a halo and pads a GEMM tile), small enough
+#: need no output boxes (each box re-reads a halo), small enough
 #: to stay well below the output's own size on large problems.
 TEMP_BUDGET_BYTES = 32 * 2**20
 
@@ -117,7 +128,7 @@ def _phases(g: Geometry) -> tuple[_Phase, ...]:
 
 @dataclass(frozen=True)
 class _Plan:
-    """How one phase is computed: its rows of a GEMM per group and column tile (see
+    """How one phase is computed: its rows of a GEMM per group (see
     :func:`_gemms`), blocks of C_out/G (one block per tap, or, when the last dimension's
     taps are stacked into the GEMM's inner dimension, one per combination of the other
     dimensions' taps), each block then added into the phase's accumulator at its flat
@@ -195,35 +206,88 @@ FLOPS_PER_PASS = 37
 GATHER_GEMM_PENALTY = 0.07
 
 
-def choose_method(g: Geometry, dtype=np.float32) -> str:
-    """Which formulation takes less time, by a model of memory traffic per pixel of the
-    input (the GEMM flops are equal).
+#: How much slower col2im's additions and copies run per element than the phase
+#: formulations' (N-D strided slices of the output instead of contiguous flat ones).
+COL2IM_STRIDED_PENALTY = 1.5
 
-    With ``K`` taps in all: ``scatter`` writes each tap's block of C_out values from the
-    GEMM, then reads it back to add it into the accumulator: about ``3 C_out K``
-    passes. ``gather`` first copies the input once per shift ``U`` along the last
-    dimension (``2 C_in U``) and stacks those copies into the GEMM's inner dimension, so
-    that it writes and adds one block per phase of the last dimension and tap of the
-    others (``3 C_out K' stride``), or writes the phase's result directly when that is
-    one block in place (1-D layers). Its GEMMs run slower (:data:`GATHER_GEMM_PENALTY`),
-    which decides layers whose GEMMs dominate (many channels). The choice depends on
-    channels and the kernel only, never on sizes; either way any slice of a problem
-    gets the bits of the whole (see :data:`GEMM_TILE`).
+#: What one NumPy call costs beyond its elements, in element passes (a few
+#: microseconds): it decides small layers, where the formulations' call counts differ.
+PASSES_PER_CALL = 20000
+
+#: What one contiguous run of a strided copy or addition costs beyond its elements, in
+#: element passes: it decides col2im on small images, whose rows are short.
+PASSES_PER_RUN = 10
+
+
+def method_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
+    """The modelled time of every formulation that can compute ``g``, in element passes
+    of memory traffic (a GEMM flop costs ``1 / FLOPS_PER_PASS``; a NumPy call
+    :data:`PASSES_PER_CALL`).
+
+    With ``K`` taps, ``F`` frame pixels (the input's extent or a phase lattice's,
+    whichever is larger, per dimension; times the batch), ``I`` input and ``O`` output
+    pixels:
+
+    - ``scatter`` multiplies every tap's C_out rows over the frame, writes each tap's
+      block and reads it back to add it into its phase's accumulator (``3 C_out K F``),
+      then writes the output (``2 C_out O``);
+    - ``gather`` first copies the input once per shift ``U`` along the last dimension
+      (``2 C_in U F``) and stacks those copies into the GEMM's inner dimension, so that
+      it writes and adds one block per phase of the last dimension and tap of the others
+      (``3 C_out K' stride F``; a 1-D phase's result is written in place, ``1``), and
+      its GEMMs run slower (:data:`GATHER_GEMM_PENALTY`);
+    - ``col2im`` multiplies over the input pixels only (``I``, not ``F``: what decides
+      small images with large kernels or strides), copies the input once (``2 C_in I``)
+      and adds each tap's block into the output, or copies it there where taps never
+      overlap (``3`` or ``2 C_out K I``, times :data:`COL2IM_STRIDED_PENALTY`),
+      initializing the output first unless every output is one tap's (``C_out O``).
+
+    Strided copies and additions pay :data:`PASSES_PER_RUN` per contiguous run: the
+    phases' writes into the output (runs of one output row's phase) and col2im's
+    blocks (runs of one input row).
     """
-    taps = math.prod(g.kernel)
+    frame, inputs = g.batch * math.prod(_frame(g)), g.batch * math.prod(g.in_size)
+    outputs, taps = g.batch * math.prod(g.out_size), math.prod(g.kernel)
+    gemm = 2 * g.c_in * g.c_out_per_group * taps / FLOPS_PER_PASS  # per column
+    shifts, phases = len(_slot_shifts(g)), len(_phases(g))
     other = math.prod(g.kernel[:-1]) * g.stride[-1]
-    gemm = 2 * g.c_in * g.c_out_per_group * taps / FLOPS_PER_PASS
-    scatter = 3 * g.c_out * taps
-    gather = 2 * g.c_in * len(_slot_shifts(g)) + (3 if g.rank > 1 else 1) * g.c_out * other
-    return "gather" if gather + GATHER_GEMM_PENALTY * gemm < scatter else "scatter"
+    # The phases are written into the output with the stride along the last dimension.
+    write = 2 * g.c_out * outputs + PASSES_PER_RUN * g.c_out * outputs // g.out_size[-1] \
+        * g.stride[-1]
+    rows = inputs // g.in_size[-1]  # runs of one channel's input rows
+    costs = {
+        "scatter": frame * (3 * g.c_out * taps + gemm) + write
+        + PASSES_PER_CALL * (3 * taps + 2 * phases),
+        "gather": frame * (2 * g.c_in * shifts + (3 if g.rank > 1 else 1) * g.c_out * other
+                           + gemm * (1 + GATHER_GEMM_PENALTY)) + write
+        + PASSES_PER_CALL * (2 * shifts + 3 * other + 2 * phases),
+    }
+    if applies(g, "col2im", dtype):
+        disjoint = numpy_col2im.disjoint(g)
+        costs["col2im"] = (
+            inputs * (2 * g.c_in + gemm
+                      + (2 if disjoint else 3) * g.c_out * taps * COL2IM_STRIDED_PENALTY)
+            + PASSES_PER_RUN * rows * (g.c_in + g.c_out * taps)
+            + (g.c_out * outputs if not disjoint or not numpy_col2im.covers(g) else 0)
+            + PASSES_PER_CALL * 2 * taps)
+    return costs
+
+
+def choose_method(g: Geometry, dtype=np.float32) -> str:
+    """The formulation of least modelled time (:func:`method_costs`). The choice depends
+    on the sizes, so parts of a problem (batch chunks, Dask blocks) may be computed by
+    different formulations: they agree within :data:`SEAM_TOLERANCE_ULPS`."""
+    costs = method_costs(g, dtype)
+    return min(costs, key=costs.get)
 
 
 def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                    geometry: Geometry, method: str | None = None) -> np.ndarray:
     """NumPy twin of :func:`gpu_tconv.cuda_backend.conv_transpose` (NumPy arrays).
 
-    ``method`` forces a formulation (``"scatter"`` or ``"gather"``); by default
-    :func:`choose_method` picks.
+    ``method`` forces a formulation (one of :data:`METHODS`; a ``ValueError`` where it
+    cannot compute the layer, see :func:`applies`); by default :func:`choose_method`
+    picks.
     """
     g = geometry
     if method is None:
@@ -308,7 +372,7 @@ def _parts(g: Geometry) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _gemms(g: Geometry, method: str) -> tuple[tuple[int, ...], ...]:
-    """The phases computed together, by one GEMM per group and tile: in the gather
+    """The phases computed together, by one GEMM per group: in the gather
     formulation, the phases that read the same copies (the same residue along the last
     dimension), their rows stacked, which makes fewer and larger GEMMs; in scatter, each
     phase alone (its GEMM is large already). Phases without taps are in none. Each
@@ -442,7 +506,7 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     bias_cols = None if bias is None else bias.astype(compute).reshape(groups, cout_g, 1)
 
     # Temporaries come from the thread's scratch memory, reused for every phase, chunk
-    # and call, with the columns padded to whole tiles:
+    # and call:
     # - the input, (G, C_in/G, nb*frame): the GEMMs' right-hand side (scatter), or what
     #   the shifted copies are taken from; where the frame exceeds x it holds stale
     #   values, which reach nothing (every block's unreached positions are zeroed);
@@ -546,7 +610,6 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             x_cols = x_buf[:groups * cin_g * width].reshape(groups, cin_g, width)
         else:  # the copy of shift 0, zeroed below where the frame exceeds x
             x_cols = copies[:, shifts.index(0)]
-        x_cols[:, :, used:] = 0  # the last tile's padding (stale from a larger chunk)
         # (G, C_in/G, nb, *frame) <- (nb, G, C_in/G, *in): the batch folded into the pixels.
         np.copyto(x_cols[:, :, :used].reshape((groups, cin_g, nb) + frame)[inside],
                   x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size)

@@ -32,16 +32,19 @@ from .geometry import Geometry
 from .numpy_backward import _tap_slices
 
 
-def taps_reaching(g: Geometry) -> list[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]]:
-    """``(tap, input slices, output slices)`` of every tap that reaches an output."""
-    found = [(tap, _tap_slices(g, tap)) for tap in itertools.product(*map(range, g.kernel))]
-    return [(tap, *slices) for tap, slices in found if slices is not None]
-
-
 def disjoint(g: Geometry) -> bool:
     """Whether no two taps reach the same output: along every dimension the taps'
     offsets ``k*dilation`` fall in distinct residues modulo the stride."""
     return all(k <= s // math.gcd(s, d) for k, s, d in zip(g.kernel, g.stride, g.dilation))
+
+
+def covers(g: Geometry) -> bool:
+    """Whether the taps, together, reach every output (counted with multiplicity, so this
+    says it only for :func:`disjoint` taps)."""
+    found = (_tap_slices(g, tap) for tap in itertools.product(*map(range, g.kernel)))
+    reached = sum(math.prod(len(range(n)[o]) for o, n in zip(slices[1], g.out_size))
+                  for slices in found if slices is not None)
+    return reached >= math.prod(g.out_size)
 
 
 def per_sample(g: Geometry, taps: int) -> int:
@@ -59,37 +62,46 @@ def applies(g: Geometry, dtype: np.dtype, compute_dtype: np.dtype, budget: int) 
         dtype == compute_dtype or disjoint(g))
 
 
+#: Bytes of GEMM results held at once beyond the output's own size: a tiny image's taps
+#: all go in one GEMM, a large image with many taps and few channels holds only a few
+#: taps' blocks (not K copies of the output) at a time.
+SMALL_COLS_BYTES = 2**20
+
+
+def _taps_per_gemm(g: Geometry, itemsize: int, budget: int) -> int:
+    """Taps per GEMM: all that fit the budget with one sample, and at most enough to
+    hold about the output's size (or :data:`SMALL_COLS_BYTES`) in results."""
+    pixels, taps = math.prod(g.in_size), math.prod(g.kernel)
+    fit = (budget // itemsize // pixels - g.c_in) // g.c_out
+    output = max(g.batch * g.c_out * math.prod(g.out_size), SMALL_COLS_BYTES // itemsize)
+    return max(1, min(taps, fit, -(-output // (g.batch * g.c_out * pixels))))
+
+
 def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             y: np.ndarray, budget: int) -> None:
     """``y`` (nb, C_out, *out), a possibly strided view, = the transposed convolution of
-    ``x`` (nb, C_in, *in); ``w`` the weight (C_in, C_out/G, *kernel) in the compute type;
-    temporaries within ``budget`` bytes (see :func:`fits`)."""
+    ``x`` (nb, C_in, *in); ``w`` the weight (C_in, C_out/G, *kernel), contiguous, in the
+    compute type; temporaries within ``budget`` bytes (see :func:`applies`)."""
     from .numpy_backend import _scratch  # the backend imports this module
 
     groups, cin_g, cout_g = g.groups, g.c_in_per_group, g.c_out_per_group
-    reaching = taps_reaching(g)
+    taps = math.prod(g.kernel)
+    reach = [_tap_slices(g, tap) for tap in itertools.product(*map(range, g.kernel))]
     compute_dtype, pixels = w.dtype, math.prod(g.in_size)
-    cells = budget // compute_dtype.itemsize
-    per_tap = max(1, min(len(reaching), (cells // pixels - g.c_in) // g.c_out))
-    chunk = min(g.batch, max(1, cells // per_sample(g, per_tap)))
-    # (G, taps*C_out/G, C_in/G): every reaching tap's rows, in tap order.
-    lhs = np.ascontiguousarray(np.stack(
-        [w.reshape((groups, cin_g, cout_g) + g.kernel)[(slice(None),) * 3 + tap]
-         for tap, _, _ in reaching], axis=1).transpose(0, 1, 3, 2)
-        .reshape(groups, -1, cin_g)) if reaching else None
+    per_gemm = _taps_per_gemm(g, compute_dtype.itemsize, budget)
+    chunk = min(g.batch, max(1, budget // compute_dtype.itemsize // per_sample(g, per_gemm)))
+    w4 = w.reshape(groups, cin_g, cout_g, taps)
     y5 = y.reshape((g.batch, groups, cout_g) + g.out_size)
     copy = disjoint(g)
-    reached = sum(math.prod(len(range(n)[o]) for o, n in zip(outs, g.out_size))
-                  for _, _, outs in reaching)
-    if not copy or reached < math.prod(g.out_size):
+    if not copy or not covers(g):
         y[...] = 0 if bias is None else bias.reshape((g.c_out,) + (1,) * g.rank)
     # Copied blocks carry the bias themselves (one rounding to y's type, and the
     # outputs no tap reaches keep the bias written above).
     bias_rows = None if bias is None or not copy else \
-        bias.astype(compute_dtype).reshape(groups, 1, cout_g, 1)
-    if not reaching:
+        bias.astype(compute_dtype).reshape(groups, cout_g, 1, 1)
+    if not any(reach):
         return
-    scratch = _scratch(per_sample(g, per_tap) * chunk * compute_dtype.itemsize).view(
+    scratch = _scratch(per_sample(g, per_gemm) * chunk * compute_dtype.itemsize).view(
         compute_dtype)
     every = (slice(None),) * 3
     for n0 in range(0, g.batch, chunk):
@@ -100,22 +112,30 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         np.copyto(x_cols.reshape((groups, cin_g, nb) + g.in_size),
                   x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size)
                   .transpose((1, 2, 0) + tuple(range(3, 3 + g.rank))))
-        for t0 in range(0, len(reaching), per_tap):
-            these = reaching[t0:t0 + per_tap]
-            rows = lhs[:, t0 * cout_g:(t0 + len(these)) * cout_g]
-            cols = scratch[g.c_in * width:(g.c_in + len(these) * g.c_out) * width].reshape(
-                groups, len(these) * cout_g, width)
+        for t0 in range(0, taps, per_gemm):
+            t1 = min(taps, t0 + per_gemm)
+            if not any(reach[t0:t1]):
+                continue
+            # (G, C_out/G * T, C_in/G), rows (channel, tap): the weight read transposed
+            # by BLAS as it lies when the GEMM takes every tap (a small copy otherwise).
+            part = w4 if t1 - t0 == taps else np.ascontiguousarray(w4[..., t0:t1])
+            rows = part.reshape(groups, cin_g, -1).swapaxes(1, 2)
+            cols = scratch[g.c_in * width:(g.c_in + (t1 - t0) * g.c_out) * width].reshape(
+                groups, cout_g * (t1 - t0), width)
             if cin_g == 1:  # an outer product: no GEMM per group
                 np.multiply(rows, x_cols, out=cols)
             else:
                 np.matmul(rows, x_cols, out=cols)
             if bias_rows is not None:
-                cols.reshape(groups, len(these), cout_g, width)[...] += bias_rows
-            blocks = cols.reshape((groups, len(these), cout_g, nb) + g.in_size)
+                cols.reshape(groups, cout_g, t1 - t0, width)[...] += bias_rows
+            blocks = cols.reshape((groups, cout_g, t1 - t0, nb) + g.in_size)
             out = y5[n0:n0 + nb]
-            for j, (_, ins, outs) in enumerate(these):
+            for j, found in enumerate(reach[t0:t1]):
+                if found is None:
+                    continue
+                ins, outs = found
                 # (G, C_out/G, nb, *in) -> (nb, G, C_out/G, *in)
-                src = np.moveaxis(blocks[(slice(None), j, slice(None), slice(None)) + ins], 2, 0)
+                src = np.moveaxis(blocks[(slice(None), slice(None), j, slice(None)) + ins], 2, 0)
                 if copy:
                     out[every + outs] = src
                 else:
