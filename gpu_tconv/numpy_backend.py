@@ -1,6 +1,6 @@
 """The ``numpy`` backend: a vectorized CPU transposed convolution.
 
-Three formulations, chosen per layer by a cost model (:func:`choose_method`, fitted on
+Four formulations, chosen per layer by a cost model (:func:`choose_method`, fitted on
 the CPU benchmark: see :mod:`gpu_tconv.bench_cpu_layers`); every GEMM is shaped by the
 problem (its columns are the batch chunk's pixels, as many as there are).
 
@@ -26,7 +26,9 @@ phase is accumulated, the output is written a cache-sized block of samples and
 channels at a time, all phases of the block together. There is no zero insertion and
 no Python loop over pixels; Python loops run over phases, taps and output blocks.
 
-The third, ``col2im`` (:mod:`gpu_tconv.numpy_col2im`), multiplies over the input
+``stacked`` (:mod:`gpu_tconv.numpy_stacked`) is gather with every dimension's taps
+stacked into the GEMM, one phase at a time, each output written once (few input
+channels, many taps). ``col2im`` (:mod:`gpu_tconv.numpy_col2im`) multiplies over the input
 pixels only and adds each tap's block straight into the output (or copies it where taps
 never overlap: the pixel shuffle of ``kernel == stride``): small images with large
 kernels or strides, and many channels on tiny images, as one GEMM over the whole batch.
@@ -65,7 +67,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import cpu_threads, numpy_col2im
+from . import cpu_threads, numpy_col2im, numpy_stacked
 from .geometry import Geometry
 
 #: What the results promise across batch chunks, output boxes, Dask blocks and cores:
@@ -197,26 +199,34 @@ def _plans(g: Geometry, method: str) -> tuple[_Plan, ...]:
     return tuple(plans)
 
 
-#: How many GEMM flops take the time of one element of memory traffic (about 220
-#: GFLOP/s against 6 G floats/s on the 2-core machines measured).
-FLOPS_PER_PASS = 37
+#: The cost model's constants (:func:`method_costs`) were fitted by
+#: ``bench/cpu_methods.py --fit``: a grid search for the least time lost against the
+#: best formulation, on the CPU benchmark's layers but the sweep's held-out ones.
+#:
+#: How many GEMM flops take the time of one element of memory traffic.
+FLOPS_PER_PASS = 20
 
-#: How much slower the gather formulation's GEMMs ran than scatter's on layers whose
-#: GEMMs dominate (fewer rows and more columns, read from several copies of the input).
-GATHER_GEMM_PENALTY = 0.07
+#: How much slower the gather formulations' GEMMs run than scatter's (fewer rows, more
+#: columns, read from several copies of the input): none measurable once fitted.
+GATHER_GEMM_PENALTY = 0.0
 
 
 #: How much slower col2im's additions and copies run per element than the phase
 #: formulations' (N-D strided slices of the output instead of contiguous flat ones).
-COL2IM_STRIDED_PENALTY = 1.5
+COL2IM_STRIDED_PENALTY = 1.0
 
 #: What one NumPy call costs beyond its elements, in element passes (a few
 #: microseconds): it decides small layers, where the formulations' call counts differ.
-PASSES_PER_CALL = 20000
+PASSES_PER_CALL = 60000
+
+#: What each element of the stacked formulation's copies costs, in passes (the copy,
+#: zeroing what wraps around, the GEMM reading it back from a tall inner dimension):
+#: set from a few layers timed every way, where it won only with few input channels.
+STACKED_COPY_PASSES = 6
 
 #: What one contiguous run of a strided copy or addition costs beyond its elements, in
 #: element passes: it decides col2im on small images, whose rows are short.
-PASSES_PER_RUN = 10
+PASSES_PER_RUN = 30
 
 
 def method_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
@@ -236,6 +246,9 @@ def method_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
       it writes and adds one block per phase of the last dimension and tap of the others
       (``3 C_out K' stride F``; a 1-D phase's result is written in place, ``1``), and
       its GEMMs run slower (:data:`GATHER_GEMM_PENALTY`);
+    - ``stacked`` copies the input once per tap (:data:`STACKED_COPY_PASSES`
+      ``C_in K F``) and writes every
+      phase's result once, in place (``C_out P F`` for ``P`` phases);
     - ``col2im`` multiplies over the input pixels only (``I``, not ``F``: what decides
       small images with large kernels or strides), copies the input once (``2 C_in I``)
       and adds each tap's block into the output, or copies it there where taps never
@@ -261,6 +274,9 @@ def method_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
         "gather": frame * (2 * g.c_in * shifts + (3 if g.rank > 1 else 1) * g.c_out * other
                            + gemm * (1 + GATHER_GEMM_PENALTY)) + write
         + PASSES_PER_CALL * (2 * shifts + 3 * other + 2 * phases),
+        "stacked": frame * (g.c_in * (1 + STACKED_COPY_PASSES * taps) + g.c_out * phases
+                            + gemm * (1 + GATHER_GEMM_PENALTY)) + write
+        + PASSES_PER_CALL * (4 * taps + 3 * phases),
     }
     if applies(g, "col2im", dtype):
         disjoint = numpy_col2im.disjoint(g)
@@ -292,9 +308,9 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     g = geometry
     if method is None:
         method = choose_method(g, x.dtype)
-        # The gather formulation multiplies the zeros around the input by the weights,
+        # The gather formulations multiply the zeros around the input by the weights,
         # which turns an infinite weight into NaN where PyTorch has none.
-        if method == "gather" and not np.isfinite(weight).all():
+        if method in ("gather", "stacked") and not np.isfinite(weight).all():
             method = "scatter"
     y = np.empty(g.out_shape, x.dtype)
     if g.channels_last:
@@ -312,8 +328,8 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     # as a small layer.
     last, other = (2 + g.rank,), tuple(range(3, 2 + g.rank))  # axes of the taps
     order = ((0, 1) + last + other if method == "scatter" else (0,) + last + (1,) + other) + (2,)
-    if method == "col2im":
-        order = tuple(range(3 + g.rank))  # it stacks its taps' rows itself
+    if method in ("col2im", "stacked"):
+        order = tuple(range(3 + g.rank))  # they gather their taps' rows themselves
     w = np.ascontiguousarray(weight.astype(compute, copy=False).reshape(
         (g.groups, g.c_in_per_group, g.c_out_per_group) + g.kernel).transpose(order))
     # Large calls split their batch between cores (see gpu_tconv.cpu_threads), each part
@@ -336,6 +352,9 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                 if tile is None:  # no input reaches this box: only the bias does
                     y_view[where] = 0 if bias is None else \
                         bias.reshape((g.c_out,) + (1,) * g.rank)
+                elif method == "stacked":
+                    numpy_stacked.compute(x[(samples, slice(None)) + in_box], w, bias, tile,
+                                          y_view[where], budget)
                 else:
                     _compute(x[(samples, slice(None)) + in_box], w, bias, tile, method,
                              y_view[where], budget)
@@ -402,6 +421,8 @@ def _buffers(g: Geometry, method: str) -> tuple[int, ...]:
     input; its shifted copies (gather; the one of shift 0 is the input itself) and the
     mask they are copied through; every phase's accumulator; and the result of one GEMM
     (unless it is the accumulator), a block of C_out per row block of its phases."""
+    if method == "stacked":
+        return numpy_stacked.buffers(g)
     plans = _plans(g, method)
     gather = method == "gather"
     own_input = not gather or 0 not in _slot_shifts(g)
@@ -724,7 +745,7 @@ def _write(y: np.ndarray, accs: list[np.ndarray], phases: tuple[_Phase, ...], g:
 
 
 #: The formulations :func:`conv_transpose` can run (see :func:`choose_method`).
-METHODS = ("scatter", "gather", "col2im")
+METHODS = ("scatter", "gather", "stacked", "col2im")
 
 
 def applies(g: Geometry, method: str, dtype=np.float32) -> bool:
