@@ -145,7 +145,8 @@ def warm_heap() -> bool:
 
 
 def run(configs: list[Config], repeats: int, pause: float, methods: bool,
-        keep_heap: bool = True, rounds: int = 3) -> dict:
+        keep_heap: bool = True, rounds: int = 3,
+        progress: Callable[[dict], None] | None = None) -> dict:
     heap = warm_heap() if keep_heap else False
     rng = np.random.default_rng(0)
     rows = []
@@ -185,6 +186,12 @@ def run(configs: list[Config], repeats: int, pause: float, methods: bool,
                                           pause)
         rows.append(row)
         _print_row(row, methods)
+        if progress is not None:
+            progress(_result(rows, repeats, rounds, heap))
+    return _result(rows, repeats, rounds, heap)
+
+
+def _result(rows: list[dict], repeats: int, rounds: int, heap: bool) -> dict:
     summary = summarize(rows)
     return {"gpu_tconv": __version__, "machine": platform.processor() or platform.machine(),
             "numpy": np.__version__, "blas": blas_info(), "repeats": repeats, "rounds": rounds,
@@ -265,8 +272,12 @@ def run_from_args(args: argparse.Namespace) -> dict:
     print("heap:", "as it is" if args.default_heap else "warm (freed memory kept by glibc)")
     print("BLAS:", ", ".join(f"{b.get('internal_api')} {b.get('version')} "
                              f"({b.get('num_threads')} threads)" for b in blas_info()))
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / f"cpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    # Written after every row, so that an interrupted run keeps what it measured.
     result = run(configs, args.repeats, args.pause, args.methods, not args.default_heap,
-                 args.rounds)
+                 args.rounds, progress=lambda partial: path.write_text(json.dumps(partial,
+                                                                                  indent=1)))
     summary = result["summary"]
     if summary["geomean_ratio_to_torch"] is not None:
         print(f"geometric mean of numpy/torch: {summary['geomean_ratio_to_torch']:.2f}x")
@@ -278,8 +289,6 @@ def run_from_args(args: argparse.Namespace) -> dict:
         print("worst:", "; ".join(f"{n} {v:.2f}x" for n, v in summary["worst"]))
         print("beyond their bound:", "; ".join(f"{n} {v:.2f}x" for n, v in
                                               summary["beyond_bound"]) or "none")
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"cpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=1))
     print("wrote", path)
     return result

@@ -7,9 +7,11 @@ ran a quarter to a third faster that way than with 2-thread GEMMs one after anot
 
 BLAS's thread count is process-wide, and only the thread that lowered it may restore
 it, so one call at a time runs pieces this way; a call that overlaps it runs its pieces
-in order. A GEMM's result does not depend on how many threads compute it (OpenBLAS
-splits rows and columns, never a sum; a test checks it), so results are the same bit
-for bit either way.
+in order. BLAS promises no bit pattern across thread counts (OpenBLAS's Haswell kernels
+on an AMD EPYC round some GEMMs differently with 1 and 2 threads), so the parts agree
+with a computation in one piece within the backend's seam tolerance
+(``numpy_backend.SEAM_TOLERANCE_ULPS``); the same call with the same threads gives the
+same bits.
 """
 
 from __future__ import annotations

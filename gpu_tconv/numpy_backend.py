@@ -95,8 +95,8 @@ class _Phase:
     first: tuple[int, ...]             # per dimension: first output coordinate of the phase
     size: tuple[int, ...]              # per dimension: outputs in the phase
     # Per dimension, every tap of the phase's residue class, even one that reaches no
-    # output here: the GEMMs then have the same shape for any extent of the input, so do
-    # their roundings. The phase's taps are all combinations of one tap per dimension.
+    # output here (a box of the output then stacks the same rows as the whole). The
+    # phase's taps are all combinations of one tap per dimension.
     taps: tuple[tuple[_DimTap, ...], ...]
 
 
