@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from . import cuda_backend, emulated_backend, launch, numpy_backend, numpy_backward
+from . import cuda_backend, emulated_backend, launch, numpy_backend, numpy_backward, variants
 from .geometry import IntOrTuple, Padding, check_dtypes, geometry_from_shapes
 
 logger = logging.getLogger("gpu_tconv")
@@ -100,9 +100,16 @@ def _to_device(a, device):
 
 def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, padding: Padding,
                    output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
-                   backend: str, output_size=None, layout: str = "channels_first"):
-    """Validate, choose the backend and run; ``rank=None`` takes it from ``weight``."""
+                   backend: str, output_size=None, layout: str = "channels_first",
+                   variant: str = "auto"):
+    """Validate, choose the backend and run; ``rank=None`` takes it from ``weight``.
+
+    ``variant`` picks the kernel of the ``cuda`` and ``emulated`` backends (see
+    :mod:`gpu_tconv.variants`); the ``numpy`` backend has no kernels and ignores it
+    (an unknown name is refused everywhere).
+    """
     check_backend_name(backend)
+    variants.check_name(variant)
     x, weight, bias = _as_array(x), _as_array(weight), _as_array(bias)
     dtype = check_dtypes(x, weight, bias)
     geometry = geometry_from_shapes(x.shape, weight.shape, None if bias is None else bias.shape,
@@ -111,13 +118,17 @@ def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, paddin
     name = resolve(backend)
     x_on_device = cuda_backend.is_device_array(x)
     device = x.device if x_on_device else None
+    if name in ("cuda", "emulated"):
+        variants.resolve(variant, geometry, dtype)  # an inapplicable variant: before any work
 
     if name == "cuda":
-        return cuda_backend.conv_transpose(x, weight, bias, geometry, device)
+        return cuda_backend.conv_transpose(x, weight, bias, geometry, device, variant=variant)
 
     x, weight, bias = _to_host(x), _to_host(weight), _to_host(bias)
     if geometry.batch == 0:
         y = np.empty(geometry.out_shape, dtype)
+    elif name == "emulated":
+        y = emulated_backend.conv_transpose(x, weight, bias, geometry, variant=variant)
     else:
         y = _HOST_BACKENDS[name](x, weight, bias, geometry)
     return _to_device(y, device) if x_on_device else y
