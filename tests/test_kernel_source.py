@@ -30,7 +30,9 @@ UNITS = {name: (v.source, v.defines(WORST_CASE), launch.all_kernel_expressions(v
 UNITS["col2im"] = (col2im.SOURCE, (), [f"gpu_tconv::col2im<{t}>" for t in launch.C_TYPES.values()])
 UNITS["gradients"] = (launch.KERNEL_FILE, (),
                       launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_input"])
-                      + launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_weight"]))
+                      + launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_weight"])
+                      + launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_weight_partial"])
+                      + launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_weight_combine"]))
 COMPILE_CASES = [(arch, name) for arch in ARCHITECTURES for name in UNITS]
 
 
