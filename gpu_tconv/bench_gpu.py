@@ -36,10 +36,12 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import platform
 import re
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -47,7 +49,7 @@ from typing import Callable
 import numpy as np
 
 from . import (__version__, bench_cpu, bench_plot, col2im, cuda_backend, emulated_backend,
-               variants)
+               launch, variants)
 from .bench_configs import all_configs, rehearsal_configs
 from .bench_cpu import Config
 from .geometry import Geometry, geometry_from_shapes
@@ -461,6 +463,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "emulated backend against PyTorch on the CPU")
 
 
+def compile_ahead(configs: list[Config], dtypes: list[str], names: list[str],
+                  cupy) -> tuple[ThreadPoolExecutor, dict]:
+    """Start compiling every row's kernels in threads, in row order, so that NVRTC
+    (about a second per specialized kernel) works on all cores while the first rows
+    are timed. Returns the pool and, per ``(name, dtype)``, the futures to wait for."""
+    pool = ThreadPoolExecutor(max(1, min(16, (os.cpu_count() or 2) - 1)))
+    device_id, futures = cupy.cuda.Device().id, {}
+    for config in configs:
+        g = geometry_from_shapes(config.x, config.weight, **config.params)
+        for dtype in dtypes:
+            for name in names:
+                try:
+                    plan = launch.plan(g, np.dtype(dtype), variant=name)
+                except ValueError:
+                    continue  # the row records why
+                futures.setdefault((config.name, dtype), []).append(
+                    pool.submit(cuda_backend.compile_plan, device_id, plan))
+    return pool, futures
+
+
 def _setup(args: argparse.Namespace):
     """(runner, device description, PyTorch or None, result header), or the reason
     there is nothing to time here."""
@@ -490,8 +512,8 @@ def _setup(args: argparse.Namespace):
 
 def run_from_args(args: argparse.Namespace) -> dict:
     names = args.variants or list(variants.VARIANTS)  # the registry as it is now
-    pool = rehearsal_configs() if args.rehearse else all_configs()
-    configs = [c for c in pool if not args.only or args.only in c.name]
+    candidates = rehearsal_configs() if args.rehearse else all_configs()
+    configs = [c for c in candidates if not args.only or args.only in c.name]
     if not configs:
         raise ValueError(f"no benchmark configuration matches {args.only!r}")
     setup = _setup(args)
@@ -513,14 +535,22 @@ def run_from_args(args: argparse.Namespace) -> dict:
               **versions, "repeats": args.repeats, "variants": names,
               "auto_uses_heuristic": variants.AUTO_USES_HEURISTIC, "complete": False,
               "rows": [], "summary": {}}
-    for config in configs:
-        for dtype in args.dtypes:
-            row = derive(measure(replace(config, dtype=dtype), names, args.repeats, runner,
-                                 torch), device)
-            result["rows"].append(row)
-            result["summary"] = summarize(result["rows"])
-            write_results(result, path)
-            print(format_row(row, names), flush=True)
+    pool, compiling = compile_ahead(configs, args.dtypes, names, runner.xp) \
+        if runner.torch_device == "cuda" else (None, {})
+    try:
+        for config in configs:
+            for dtype in args.dtypes:
+                for future in compiling.pop((config.name, dtype), []):
+                    future.result()  # this row's kernels are compiled (errors: at the launch)
+                row = derive(measure(replace(config, dtype=dtype), names, args.repeats, runner,
+                                     torch), device)
+                result["rows"].append(row)
+                result["summary"] = summarize(result["rows"])
+                write_results(result, path)
+                print(format_row(row, names), flush=True)
+    finally:  # stopped by the time limit: no more compiles
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
     result["complete"] = True
     write_results(result, path)
     print("\n".join(format_summary(result["summary"])))

@@ -156,6 +156,16 @@ def kernel_function(device_id: int, plan: launch.LaunchPlan):
         return _compiled(device_id, plan.source, plan.kernel, plan.defines)
 
 
+def compile_plan(device_id: int, plan: launch.LaunchPlan) -> None:
+    """Compile the kernel of ``plan`` for one device now, outside the compile lock: for
+    compiling many different kernels in parallel threads (NVRTC releases the GIL) ahead
+    of their launches, which then find them compiled. Errors surface at the launch."""
+    try:
+        _compiled(device_id, plan.source, plan.kernel, plan.defines)
+    except RuntimeError:
+        pass
+
+
 def run_plan(plan: launch.LaunchPlan, arrays: tuple, device) -> None:
     """Launch ``plan`` on ``device`` (CuPy's current stream there) with ``arrays`` (CuPy
     arrays or ``None``) before the scalar arguments."""

@@ -153,6 +153,24 @@ def test_roofline_bounds_of_a_known_device():
     assert bench_gpu.known_peaks("Stand-in GPU") is None
     row = {"dtype": "float16", "bytes": 4.8e9, "flops": 990e12 / 1e3}
     bounds = bench_gpu.roofline_ms(row, h200)
-    assert math.isclose(bounds["dram"], 1000) and math.isclose(bounds["tensor_cores"], 1)
+    assert math.isclose(bounds["dram"], 1) and math.isclose(bounds["tensor_cores"], 1)
     assert math.isclose(bounds["cuda_cores"], 990 / 67)
     assert bench_gpu.roofline_ms(row, {"bandwidth_gbs": None})["dram"] is None
+
+
+def test_every_rows_kernels_are_compiled_ahead_in_row_order(monkeypatch):
+    import stand_in_cupy
+
+    compiled = []
+    monkeypatch.setattr(bench_gpu.cuda_backend, "compile_plan",
+                        lambda device_id, plan: compiled.append((device_id, plan.variant)))
+    configs = bench_configs.rehearsal_configs()
+    pool, futures = bench_gpu.compile_ahead(configs, ["float32", "float16"], ["simple", "phase"],
+                                            stand_in_cupy)
+    for row in futures.values():
+        for future in row:
+            future.result()
+    pool.shutdown()
+    assert list(futures) == [(c.name, d) for c in configs for d in ("float32", "float16")]
+    assert [len(f) for f in futures.values()] == [2, 2, 1, 1]  # phase refuses the 1-D row
+    assert sorted(compiled) == sorted([(0, "simple")] * 4 + [(0, "phase")] * 2)
