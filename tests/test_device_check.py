@@ -85,6 +85,26 @@ def test_the_rehearsal_passes_from_a_fresh_checkout(tmp_path):
     suite = ElementTree.parse(out / "gpu-tests.xml").getroot().find("testsuite")
     assert int(suite.get("tests")) > 0 and suite.get("errors") == suite.get("failures") == "0"
     (bench,) = out.glob("gpu-rehearsal-*.json")
-    result = json.loads(bench.read_text())
-    assert result["complete"] and result["summary"]["wrong_results"] == []
-    assert bench.with_suffix(".svg").is_file()
+    _check_the_benchmark(json.loads(bench.read_text()), bench.with_suffix(".svg"), log)
+
+
+def _check_the_benchmark(result: dict, plot: Path, log: str) -> None:
+    """The rehearsed benchmark: every variant and peer on every row, checked."""
+    assert result["complete"] and result["variants"] == list(variants.VARIANTS)
+    assert [(r["name"][:9], r["dtype"]) for r in result["rows"]] == [
+        ("rehearsal", "float32"), ("rehearsal", "float16")] * 2
+    for row in result["rows"]:
+        assert row["wrong"] == [], row["max_rel_diff"]
+        assert {"torch", "torch_deterministic", "gemm_col2im"} <= set(row["ms"])
+        assert ("torch_no_tf32" in row["ms"]) == (row["dtype"] == "float32")
+        assert "simple" in row["ms"] and row["best_variant"] in row["ms"]
+        assert row["ratio_to_best_peer"] > 0
+        assert set(row["roofline_ms"]) == {"dram", "cuda_cores", "tensor_cores"}
+    unrollable = result["rows"][2]
+    assert "unrolls" in unrollable["skipped"]["phase"]  # the variant's own reason
+    assert unrollable["heuristic"] == "phase_generic"
+    summary = result["summary"]
+    assert summary["rows"] == 4 and summary["wrong_results"] == []
+    assert sum(map(len, summary["wins_by_variant"].values())) == 4
+    assert len(ElementTree.parse(plot).getroot().findall("{*}rect")) == 4
+    assert "cudnn-det" in log and "rehearsal 2-D" in log and "best variant by family" in log
