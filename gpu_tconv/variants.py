@@ -165,25 +165,33 @@ def choose(g: Geometry, dtype: np.dtype) -> str:
     """The variant expected fastest for ``g`` (from estimates; see the module docstring).
 
     - channels-last arrays: ``simple`` (the tiled kernels index channels first);
-    - kernels too large to unroll, or calls too small for a specialized kernel to pay
-      for its compile (:data:`MIN_SPECIALIZED_WORK`): ``phase_generic``;
-    - fewer than 4 output channels per group (depthwise upsampling, RGB output):
-      ``phase_narrow``, memory-bound, no wasted accumulators;
+    - kernels too large to unroll: ``phase_generic``;
     - at least 8 input and output channels per group: ``phase_smem``, whose weight
       tile is reused by 128 threads x 2 pixels and read as vectors;
+    - calls too small for a specialized kernel to pay for its compile
+      (:data:`MIN_SPECIALIZED_WORK`): ``phase_generic``;
+    - fewer than 4 output channels per group (depthwise upsampling, RGB output):
+      ``phase_narrow``, memory-bound, no wasted accumulators;
     - otherwise ``phase``.
+
+    Only the choice between ``phase_generic``, ``phase`` and ``phase_narrow`` depends on
+    the sizes, and those three add every output's terms in the same order (one
+    ``accumulate`` loop): a batch cut into chunks, or an array into Dask blocks, gives
+    the same bits as the whole.
     """
-    if g.channels_last:  # the tiled kernels index channels-first arrays
+    if g.channels_last:
         return "simple"
-    work = g.batch * g.c_out * math.prod(g.out_size) * g.c_in_per_group * all_phase_taps(g)
-    if row_taps(g) > MAX_UNROLLED_TAPS or work < MIN_SPECIALIZED_WORK:
+    if row_taps(g) > MAX_UNROLLED_TAPS:
         return "phase_generic"
-    if g.c_out_per_group < 4:
-        return "phase_narrow"
     smem = VARIANTS["phase_smem"]
     if (g.c_in_per_group >= 8 and g.c_out_per_group >= 8
             and smem.shared_bytes(g, dtype) <= MAX_STATIC_SHARED_BYTES):
         return "phase_smem"
+    work = g.batch * g.c_out * math.prod(g.out_size) * g.c_in_per_group * all_phase_taps(g)
+    if work < MIN_SPECIALIZED_WORK:
+        return "phase_generic"
+    if g.c_out_per_group < 4:
+        return "phase_narrow"
     return "phase"
 
 
