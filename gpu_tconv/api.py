@@ -31,6 +31,11 @@ _DOC = """{rank}-D transposed convolution ("deconvolution"), as PyTorch's ``{tor
         backend: ``"auto"`` (the CUDA kernel when CuPy and a GPU are usable, else
             NumPy), ``"cuda"``, ``"numpy"`` or ``"emulated"`` (the CUDA source run on
             the CPU, for testing).
+        variant: the CUDA kernel: ``"auto"`` (chosen per shape by
+            ``gpu_tconv.variants.choose``) or a name of ``gpu_tconv.variants.VARIANTS``
+            (``"simple"``, ``"phase"``, ...), on the ``cuda`` and ``emulated`` backends;
+            the ``numpy`` backend has no kernels and ignores it. An unknown name, or one
+            that cannot run this shape, is a ``ValueError``.
 
     Returns:
         ``y`` of shape ``(N, C_out, {out})`` (or channels last) with, per spatial
@@ -48,33 +53,40 @@ _DOC = """{rank}-D transposed convolution ("deconvolution"), as PyTorch's ``{tor
 def conv_transpose(x, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0,
                    output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
                    *, output_size: Sequence[int] | None = None, layout: str = "channels_first",
-                   backend: str = "auto"):
+                   backend: str = "auto", variant: str = "auto"):
     return dispatch.conv_transpose(None, x, weight, bias, stride, padding, output_padding,
-                                   groups, dilation, backend, output_size, layout)
+                                   groups, dilation, backend, output_size, layout,
+                                   variant=variant)
 
 
 def conv_transpose1d(x, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0,
                      output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
                      *, output_size: Sequence[int] | None = None,
-                     layout: str = "channels_first", backend: str = "auto"):
+                     layout: str = "channels_first", backend: str = "auto",
+                     variant: str = "auto"):
     return dispatch.conv_transpose(1, x, weight, bias, stride, padding, output_padding,
-                                   groups, dilation, backend, output_size, layout)
+                                   groups, dilation, backend, output_size, layout,
+                                   variant=variant)
 
 
 def conv_transpose2d(x, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0,
                      output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
                      *, output_size: Sequence[int] | None = None,
-                     layout: str = "channels_first", backend: str = "auto"):
+                     layout: str = "channels_first", backend: str = "auto",
+                     variant: str = "auto"):
     return dispatch.conv_transpose(2, x, weight, bias, stride, padding, output_padding,
-                                   groups, dilation, backend, output_size, layout)
+                                   groups, dilation, backend, output_size, layout,
+                                   variant=variant)
 
 
 def conv_transpose3d(x, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0,
                      output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
                      *, output_size: Sequence[int] | None = None,
-                     layout: str = "channels_first", backend: str = "auto"):
+                     layout: str = "channels_first", backend: str = "auto",
+                     variant: str = "auto"):
     return dispatch.conv_transpose(3, x, weight, bias, stride, padding, output_padding,
-                                   groups, dilation, backend, output_size, layout)
+                                   groups, dilation, backend, output_size, layout,
+                                   variant=variant)
 
 
 def document_ranks(template: str, generic, rank1, rank2, rank3) -> None:

@@ -62,5 +62,22 @@ def kernelbench() -> list[Config]:
 
 
 def all_configs() -> list[Config]:
-    """Every configuration of the GPU benchmark, in float32."""
-    return STANDARD + kernelbench()
+    """Every configuration of the GPU benchmark, in float32: KernelBench's first, so
+    that a run cut short by its time limit has those."""
+    return kernelbench() + STANDARD
+
+
+#: The rehearsal's configurations (``bench/gpu.py --rehearse``): tiny, so that the
+#: emulated kernels run them in seconds; a 2-D layer every variant runs (the kernel size,
+#: stride and dilation of the device check's smoke step, so the builds are shared) and a
+#: 1-D one whose row of taps is too long to unroll (the specialized variants refuse it).
+REHEARSAL = [
+    Config("rehearsal 2-D k4 s2 p1 9>5 (2,9,5x6)", (2, 9, 5, 6), (9, 5, 4, 4),
+           dict(stride=2, padding=1)),
+    Config("rehearsal 1-D k16 3>2 (1,3,20)", (1, 3, 20), (3, 2, 16), {}),
+]
+
+
+def rehearsal_configs() -> list[Config]:
+    """The configurations of the rehearsal, in float32."""
+    return list(REHEARSAL)

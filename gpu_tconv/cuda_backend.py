@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import threading
 from dataclasses import replace
 
@@ -155,6 +156,16 @@ def kernel_function(device_id: int, plan: launch.LaunchPlan):
         return _compiled(device_id, plan.source, plan.kernel, plan.defines)
 
 
+def compile_plan(device_id: int, plan: launch.LaunchPlan) -> None:
+    """Compile the kernel of ``plan`` for one device now, outside the compile lock: for
+    compiling many different kernels in parallel threads (NVRTC releases the GIL) ahead
+    of their launches, which then find them compiled. Errors surface at the launch."""
+    try:
+        _compiled(device_id, plan.source, plan.kernel, plan.defines)
+    except RuntimeError:
+        pass
+
+
 def run_plan(plan: launch.LaunchPlan, arrays: tuple, device) -> None:
     """Launch ``plan`` on ``device`` (CuPy's current stream there) with ``arrays`` (CuPy
     arrays or ``None``) before the scalar arguments."""
@@ -176,9 +187,33 @@ def batch_chunk(batch: int, per_sample: int, fixed: int, free: int) -> int:
     return (free - fixed) // per_sample
 
 
+def _torch_cached_bytes(device_id: int) -> int:
+    """Device memory that PyTorch's caching allocator holds but does not use, where the
+    process already runs PyTorch on the GPU (this module never imports it)."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    if cuda is None or not cuda.is_initialized():
+        return 0
+    return max(0, cuda.memory_reserved(device_id) - cuda.memory_allocated(device_id))
+
+
 def _free_bytes(cupy) -> int:
+    """Bytes a call may allocate on the current device: the driver's free memory, the
+    free blocks of CuPy's pool (CuPy reuses them, and frees them when an allocation
+    fails) and the blocks PyTorch has cached but does not use (see :func:`_make_room`)."""
     free, _ = cupy.cuda.runtime.memGetInfo()
-    return free + cupy.get_default_memory_pool().free_bytes()
+    return (free + cupy.get_default_memory_pool().free_bytes()
+            + _torch_cached_bytes(cupy.cuda.Device().id))
+
+
+def _make_room(cupy, wanted: int) -> None:
+    """Before allocating ``wanted`` bytes: if the driver and CuPy's pool cannot supply
+    them, have PyTorch return its unused cached blocks, which :func:`_free_bytes`
+    counted (only then: PyTorch reallocates them at a cost)."""
+    free, _ = cupy.cuda.runtime.memGetInfo()
+    if (free + cupy.get_default_memory_pool().free_bytes() < wanted
+            and _torch_cached_bytes(cupy.cuda.Device().id)):
+        sys.modules["torch"].cuda.empty_cache()
 
 
 def conv_transpose(x, weight, bias, geometry: Geometry, device=None, *, variant: str = "auto"):
@@ -210,12 +245,15 @@ def conv_transpose(x, weight, bias, geometry: Geometry, device=None, *, variant:
             free = _free_bytes(cupy)
             if geometry.batch * out_sample > free:
                 batch_chunk(geometry.batch, out_sample, 0, free)  # raises MemoryError
+            _make_room(cupy, geometry.batch * out_sample)
             y = cupy.empty(geometry.out_shape, x.dtype)
             per_sample = 0 if x.flags.c_contiguous else in_sample
             chunk = batch_chunk(geometry.batch, per_sample, 0, _free_bytes(cupy)) \
                 if per_sample else geometry.batch
+            _make_room(cupy, chunk * per_sample)
         else:
             chunk = batch_chunk(geometry.batch, in_sample + out_sample, 0, _free_bytes(cupy))
+            _make_room(cupy, chunk * (in_sample + out_sample))
             y = np.empty(geometry.out_shape, x.dtype)
         for n0 in range(0, geometry.batch, chunk):
             part = slice(n0, n0 + chunk)

@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from . import cuda_backend, emulated_backend, launch, numpy_backend, numpy_backward
+from . import cuda_backend, emulated_backend, launch, numpy_backend, numpy_backward, variants
 from .geometry import IntOrTuple, Padding, check_dtypes, geometry_from_shapes
 
 logger = logging.getLogger("gpu_tconv")
@@ -67,14 +67,17 @@ _DLPACK_CPU, _DLPACK_CUDA_DEVICES = 1, (2, 3, 13)  # kDLCPU; kDLCUDA, host, mana
 
 def _as_array(a):
     """NumPy or CuPy view of an operand: CuPy and NumPy arrays as they are; objects with
-    ``__cuda_array_interface__`` (e.g. PyTorch CUDA tensors) or ``__dlpack__`` (PyTorch,
-    JAX) without a copy; anything else through ``np.asarray``."""
+    ``__dlpack__`` (PyTorch, JAX: DLPack also hands over the producer's stream) or
+    ``__cuda_array_interface__`` without a copy; anything else through ``np.asarray``.
+
+    A PyTorch tensor that requires grad is read through ``detach()`` (PyTorch refuses
+    to export it otherwise): the result is an array, outside autograd either way, and
+    ``gpu_tconv.torch`` has the differentiable functions.
+    """
+    if getattr(a, "requires_grad", False) is True and callable(getattr(a, "detach", None)):
+        a = a.detach()
     if a is None or cuda_backend.is_device_array(a) or isinstance(a, np.ndarray):
         return a
-    if hasattr(a, "__cuda_array_interface__"):
-        import cupy
-
-        return cupy.asarray(a)
     if hasattr(a, "__dlpack__") and hasattr(a, "__dlpack_device__"):
         device_type = int(a.__dlpack_device__()[0])
         if device_type == _DLPACK_CPU:
@@ -83,7 +86,27 @@ def _as_array(a):
             import cupy
 
             return cupy.from_dlpack(a)
+    if hasattr(a, "__cuda_array_interface__"):
+        import cupy
+
+        return cupy.asarray(a)
     return np.asarray(a)
+
+
+def _operand(a, name: str, optional: bool = False):
+    """``_as_array(a)``, or a ``TypeError`` naming the parameter when ``a`` is ``None``
+    (unless ``optional``) or not an array of numbers."""
+    if a is None:
+        if optional:
+            return None
+        raise TypeError(f"{name} must be an array, got None")
+    try:
+        array = _as_array(a)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"{name} must be an array, got {type(a).__name__} ({error})") from error
+    if array.dtype == object or array.dtype.kind in "USVM":
+        raise TypeError(f"{name} must be an array of numbers, got {type(a).__name__}")
+    return array
 
 
 def _to_host(a):
@@ -100,10 +123,17 @@ def _to_device(a, device):
 
 def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, padding: Padding,
                    output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
-                   backend: str, output_size=None, layout: str = "channels_first"):
-    """Validate, choose the backend and run; ``rank=None`` takes it from ``weight``."""
+                   backend: str, output_size=None, layout: str = "channels_first",
+                   variant: str = "auto"):
+    """Validate, choose the backend and run; ``rank=None`` takes it from ``weight``.
+
+    ``variant`` picks the kernel of the ``cuda`` and ``emulated`` backends (see
+    :mod:`gpu_tconv.variants`); the ``numpy`` backend has no kernels and ignores it
+    (an unknown name is refused everywhere).
+    """
     check_backend_name(backend)
-    x, weight, bias = _as_array(x), _as_array(weight), _as_array(bias)
+    variants.check_name(variant)
+    x, weight, bias = _operand(x, "x"), _operand(weight, "weight"), _operand(bias, "bias", True)
     dtype = check_dtypes(x, weight, bias)
     geometry = geometry_from_shapes(x.shape, weight.shape, None if bias is None else bias.shape,
                                     stride, padding, output_padding, groups, dilation, rank,
@@ -111,13 +141,17 @@ def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, paddin
     name = resolve(backend)
     x_on_device = cuda_backend.is_device_array(x)
     device = x.device if x_on_device else None
+    if name in ("cuda", "emulated"):
+        variants.resolve(variant, geometry, dtype)  # an inapplicable variant: before any work
 
     if name == "cuda":
-        return cuda_backend.conv_transpose(x, weight, bias, geometry, device)
+        return cuda_backend.conv_transpose(x, weight, bias, geometry, device, variant=variant)
 
     x, weight, bias = _to_host(x), _to_host(weight), _to_host(bias)
     if geometry.batch == 0:
         y = np.empty(geometry.out_shape, dtype)
+    elif name == "emulated":
+        y = emulated_backend.conv_transpose(x, weight, bias, geometry, variant=variant)
     else:
         y = _HOST_BACKENDS[name](x, weight, bias, geometry)
     return _to_device(y, device) if x_on_device else y
@@ -126,20 +160,37 @@ def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, paddin
 NEEDS = ("input", "weight", "bias")
 
 
-def _kernel_gradients(xp, run, dy, x, weight, geometry, needs):
-    """Gradients from the gather kernels: ``run(plan, arrays)`` launches on the backend."""
+def _kernel_gradients(xp, run, dy, x, weight, geometry, needs, empty=None):
+    """Gradients from the gather kernels: ``run(plan, arrays)`` launches on the backend.
+
+    ``empty(shape, dtype) -> array`` allocates the gradients and every temporary (the
+    split weight gradient's partial sums), e.g. from a caller's own memory pool;
+    default ``xp.empty``. The weight gradient runs in one pass, or, where that leaves
+    too few threads, as partial sums over chunks of the batch and image combined in
+    chunk order by a second kernel (:func:`gpu_tconv.launch.grad_weight_split`): no
+    atomics either way, so every gradient is the same bit for bit on every run.
+    """
+    empty = xp.empty if empty is None else empty
     dtype = x.dtype
     dx = dw = db = None
     if "input" in needs:
-        dx = xp.empty(x.shape, dtype)
+        dx = empty(x.shape, dtype)
         run(launch.plan(geometry, dtype, kind="grad_input"), (dy, weight, dx))
     if "weight" in needs:
-        dw = xp.empty(weight.shape, dtype)
-        run(launch.plan(geometry, dtype, kind="grad_weight"), (x, dy, dw))
+        dw = empty(weight.shape, dtype)
+        chunks, _ = launch.grad_weight_split(geometry)
+        if chunks == 1:
+            run(launch.plan(geometry, dtype, kind="grad_weight"), (x, dy, dw))
+        else:
+            partial = empty((chunks, *weight.shape), numpy_backend.compute_dtype(dtype))
+            run(launch.plan(geometry, dtype, kind="grad_weight_partial"), (x, dy, partial))
+            run(launch.plan(geometry, dtype, kind="grad_weight_combine"), (partial, dw))
+            del partial
     if "bias" in needs:
         axes = (0,) + tuple(range(1, 1 + geometry.rank) if geometry.channels_last
                             else range(2, 2 + geometry.rank))
-        db = dy.sum(axis=axes, dtype=numpy_backend.compute_dtype(dtype)).astype(dtype)
+        db = empty((geometry.c_out,), dtype)
+        db[...] = dy.sum(axis=axes, dtype=numpy_backend.compute_dtype(dtype))
     return dx, dw, db
 
 
@@ -152,7 +203,8 @@ def conv_transpose_backward(grad_output, x, weight, stride: IntOrTuple, padding:
     needs = tuple(needs)
     if not set(needs) <= set(NEEDS):
         raise ValueError(f"needs must be a subset of {NEEDS}, got {needs}")
-    grad_output, x, weight = _as_array(grad_output), _as_array(x), _as_array(weight)
+    grad_output, x, weight = (_operand(grad_output, "grad_output"), _operand(x, "x"),
+                              _operand(weight, "weight"))
     dtype = check_dtypes(x, weight, None)
     if np.dtype(grad_output.dtype) != dtype:
         raise TypeError(f"grad_output must have the dtype of x ({dtype}), "

@@ -9,6 +9,7 @@ emulated backend covers it. Which variant runs is :mod:`gpu_tconv.variants`' cho
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -23,10 +24,20 @@ KERNEL_FILE = "conv_transpose.cu"
 #: The kernels of KERNEL_FILE: the forward pass and the two gradients it can compute.
 KERNEL_NAMES = {"forward": "gpu_tconv::conv_transpose_gather",
                 "grad_input": "gpu_tconv::conv_transpose_grad_input",
-                "grad_weight": "gpu_tconv::conv_transpose_grad_weight"}
+                "grad_weight": "gpu_tconv::conv_transpose_grad_weight",
+                "grad_weight_partial": "gpu_tconv::conv_transpose_grad_weight_partial",
+                "grad_weight_combine": "gpu_tconv::conv_transpose_grad_weight_combine"}
 FORWARD_KERNEL = KERNEL_NAMES["forward"]
 #: Kernels with a third template argument, the layout (bool CHANNELS_LAST).
-LAYOUT_TEMPLATED = frozenset(KERNEL_NAMES.values())
+LAYOUT_TEMPLATED = frozenset(KERNEL_NAMES.values()) - {KERNEL_NAMES["grad_weight_combine"]}
+
+#: Threads the split weight gradient aims for (a few waves of a large GPU): where one
+#: thread per weight element gives fewer, the reduction over samples and inputs is cut
+#: into chunks (see :func:`grad_weight_split`).
+GRAD_WEIGHT_THREADS = 1 << 18
+#: Fewest reduced elements (sample x input position) per chunk of the split weight
+#: gradient: a shorter chunk would move more partial sums than it saves in time.
+GRAD_WEIGHT_MIN_CHUNK = 256
 
 #: Kernel template argument for each element type.
 C_TYPES = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float",
@@ -78,12 +89,37 @@ def all_kernel_expressions(name: str = FORWARD_KERNEL) -> list[str]:
 Defines = tuple[tuple[str, int], ...]
 
 
+_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[^\n]*$', re.MULTILINE)
+
+
+def _inlined(path: Path, seen: set[Path]) -> str:
+    """``path``'s text with each ``#include "file"`` of its folder replaced by that file
+    (recursively, each file once), ``#line`` directives keeping messages in place."""
+    seen.add(path)
+    text, parts, start = path.read_text(), [], 0
+    for match in _LOCAL_INCLUDE.finditer(text):
+        included = path.parent / match[1]
+        if not included.is_file():
+            continue  # not one of the project's files: left to the compiler
+        parts.append(text[start:match.start()])
+        if included not in seen:
+            parts.append(f'#line 1 "{included.name}"\n{_inlined(included, seen)}\n')
+        line = text.count("\n", 0, match.end()) + 2
+        parts.append(f'#line {line} "{path.name}"')
+        start = match.end()
+    parts.append(text[start:])
+    return "".join(parts)
+
+
 def kernel_code(source: str, defines: Defines = ()) -> str:
     """The text a compiler gets for ``source`` with ``defines``: the ``#define`` lines,
-    then the file (numbered from its own first line, so messages point into it)."""
+    then the file (numbered from its own first line, so messages point into it), with
+    the project's own ``#include "..."`` files inlined. CuPy keys its disk cache of
+    compiled kernels on this text, so a change to an included file is a new key, never
+    a stale cubin."""
     path = kernel_source_path(source)
     head = "".join(f"#define {name} {value}\n" for name, value in defines)
-    return f'{head}#line 1 "{path.name}"\n{path.read_text()}'
+    return f'{head}#line 1 "{path.name}"\n{_inlined(path, set())}'
 
 
 @dataclass(frozen=True)
@@ -136,19 +172,39 @@ def _needs_64_bit(geometry: Geometry, reach: int, work: int = 0) -> bool:
     return largest > _INT32_MAX
 
 
+def grad_weight_split(g: Geometry) -> tuple[int, int]:
+    """``(chunks, chunk_size)``: the weight gradient's reduction over samples and input
+    positions (``batch * prod(in_size)`` elements, flattened) cut into ``chunks``
+    ranges of ``chunk_size``, so that about :data:`GRAD_WEIGHT_THREADS` threads work.
+    A function of the geometry only, so the result is the same on every run and device.
+    ``chunks == 1``: the one-pass kernel."""
+    elements = g.c_in * g.c_out_per_group * math.prod(g.kernel)
+    reduced = g.batch * math.prod(g.in_size)
+    chunks = max(1, min(GRAD_WEIGHT_THREADS // max(elements, 1),
+                        reduced // GRAD_WEIGHT_MIN_CHUNK))
+    size = -(-reduced // chunks) if reduced else 1
+    return (-(-reduced // size) if reduced else 1), size  # no empty chunk
+
+
 def plan(geometry: Geometry, dtype: np.dtype, index_bits: int | None = None,
          variant: str = "auto", kind: str = "forward") -> LaunchPlan:
     """Describe the launch of one kernel for ``geometry``.
 
-    ``kind`` is ``"forward"`` (arrays x, w, bias, y), ``"grad_input"`` (dy, w, dx) or
-    ``"grad_weight"`` (x, dy, dw); ``index_bits`` forces 32- or 64-bit indices;
+    ``kind`` is ``"forward"`` (arrays x, w, bias, y), ``"grad_input"`` (dy, w, dx),
+    ``"grad_weight"`` (x, dy, dw), or the split weight gradient's two passes
+    ``"grad_weight_partial"`` (x, dy, partial) and ``"grad_weight_combine"`` (partial,
+    dw), ``partial`` being ``(chunks, *weight.shape)`` in the accumulator type (see
+    :func:`grad_weight_split`); ``index_bits`` forces 32- or 64-bit indices;
     ``variant`` names a forward kernel variant (see :data:`gpu_tconv.variants.VARIANTS`;
     the gradients have one kernel each, of the ``simple`` kind).
     """
     g = geometry
+    weights = g.c_in * g.c_out_per_group * math.prod(g.kernel)
+    chunks, chunk_size = grad_weight_split(g)
     total = {"forward": g.batch * g.c_out * math.prod(g.out_size),
              "grad_input": g.batch * g.c_in * math.prod(g.in_size),
-             "grad_weight": g.c_in * g.c_out_per_group * math.prod(g.kernel)}[kind]
+             "grad_weight": weights, "grad_weight_partial": weights * chunks,
+             "grad_weight_combine": weights}[kind]
     if kind == "forward":
         chosen = variants.resolve(variant, g, dtype)
     else:
@@ -157,6 +213,8 @@ def plan(geometry: Geometry, dtype: np.dtype, index_bits: int | None = None,
     blocks = max(1, min(MAX_BLOCKS, work_blocks))
     if index_bits is None:
         work = (work_blocks + blocks) * chosen.block if chosen.tiled else 0
+        if kind == "grad_weight_partial":  # a chunk's end may pass the reduction's length
+            work = g.batch * math.prod(g.in_size) + chunk_size
         index_bits = 64 if _needs_64_bit(g, total + blocks * chosen.block, work) else 32
     index = INDEX_TYPES[index_bits][1]
 
@@ -171,6 +229,10 @@ def plan(geometry: Geometry, dtype: np.dtype, index_bits: int | None = None,
                    + _padded(tuple(inv for _, inv in inverses), 0))
     elif kind == "grad_weight":
         values += (g.batch,)
+    elif kind == "grad_weight_partial":
+        values += (g.batch, chunk_size)
+    elif kind == "grad_weight_combine":
+        values = (total, chunks)
     return LaunchPlan(kernel=kernel_expression(dtype, index_bits, chosen.kernel, g.channels_last),
                       grid=(blocks, 1, 1), block=(chosen.block, 1, 1),
                       scalars=tuple(index(v) for v in values), index_bits=index_bits,

@@ -7,9 +7,12 @@ of ``conv_transpose_tiled.cu`` (phase decomposition, output-channel and pixel
 register tiles, optional shared-memory weights, optional compile-time kernel size,
 stride and dilation).
 
-``variant="auto"`` runs :data:`DEFAULT` (``simple``): no variant has been timed on a
-GPU yet. :func:`choose` is the heuristic that will replace it once figures from
-``bench/gpu.py`` support it; setting :data:`AUTO_USES_HEURISTIC` switches it on.
+``variant="auto"`` runs the variant that :func:`choose` picks for the shape. The
+heuristic rests on estimates from the kernels' instruction mix (``simple`` about 9x
+slower than cuDNN on geometric mean over the KernelBench problems, ``phase_smem`` about
+1.3x); ``bench/device_check.sh`` measures them on a GPU. Setting
+:data:`AUTO_USES_HEURISTIC` to False makes ``auto`` run :data:`DEFAULT` (``simple``),
+which is always selectable by name.
 """
 
 from __future__ import annotations
@@ -21,10 +24,15 @@ import numpy as np
 
 from .geometry import Geometry
 
-#: What ``variant="auto"`` runs while :data:`AUTO_USES_HEURISTIC` is off.
+#: What ``variant="auto"`` runs when :data:`AUTO_USES_HEURISTIC` is off.
 DEFAULT = "simple"
-#: Let ``variant="auto"`` follow :func:`choose`. Off until GPU figures choose.
-AUTO_USES_HEURISTIC = False
+#: Let ``variant="auto"`` follow :func:`choose`.
+AUTO_USES_HEURISTIC = True
+#: Multiply-adds (outputs x input channels per group x taps of a phase) below which a
+#: call is bound by launch latency: ``choose`` then takes ``phase_generic``, whose sizes
+#: are run-time arguments, rather than a kernel specialized for this shape, which would
+#: cost a compile (about a second of NVRTC, once per shape) to save microseconds.
+MIN_SPECIALIZED_WORK = 1 << 20
 
 #: Taps of one phase along the last dimension (the row) up to which the specialized
 #: variants unroll their innermost loop; beyond it only ``phase_generic`` applies. It
@@ -138,7 +146,7 @@ class Variant:
 _TILED = "conv_transpose_tiled.cu"
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("simple", "conv_transpose.cu", "gpu_tconv::conv_transpose_gather", _SIMPLE_BLOCK,
-            summary="one thread per output, taps found per output; the default", tiled=False),
+            summary="one thread per output, taps found per output", tiled=False),
     Variant("phase_generic", _TILED, "gpu_tconv::conv_transpose_phase", 128, cout_tile=4,
             pixels=2, summary="phase blocks, 4 channels x 2 pixels per thread, run-time sizes"),
     Variant("phase", _TILED, "gpu_tconv::conv_transpose_phase", 128, cout_tile=4, pixels=2,
@@ -154,35 +162,53 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 
 
 def choose(g: Geometry, dtype: np.dtype) -> str:
-    """The variant expected fastest for ``g`` (not yet confirmed by GPU timings).
+    """The variant expected fastest for ``g`` (from estimates; see the module docstring).
 
+    - channels-last arrays: ``simple`` (the tiled kernels index channels first);
     - kernels too large to unroll: ``phase_generic``;
-    - fewer than 4 output channels per group (depthwise upsampling, RGB output):
-      ``phase_narrow``, memory-bound, no wasted accumulators;
     - at least 8 input and output channels per group: ``phase_smem``, whose weight
       tile is reused by 128 threads x 2 pixels and read as vectors;
+    - calls too small for a specialized kernel to pay for its compile
+      (:data:`MIN_SPECIALIZED_WORK`): ``phase_generic``;
+    - fewer than 4 output channels per group (depthwise upsampling, RGB output):
+      ``phase_narrow``, memory-bound, no wasted accumulators;
     - otherwise ``phase``.
+
+    Only the choice between ``phase_generic``, ``phase`` and ``phase_narrow`` depends on
+    the sizes, and those three add every output's terms in the same order (one
+    ``accumulate`` loop): a batch cut into chunks, or an array into Dask blocks, gives
+    the same bits as the whole.
     """
-    if g.channels_last:  # the tiled kernels index channels-first arrays
+    if g.channels_last:
         return "simple"
     if row_taps(g) > MAX_UNROLLED_TAPS:
         return "phase_generic"
-    if g.c_out_per_group < 4:
-        return "phase_narrow"
     smem = VARIANTS["phase_smem"]
     if (g.c_in_per_group >= 8 and g.c_out_per_group >= 8
             and smem.shared_bytes(g, dtype) <= MAX_STATIC_SHARED_BYTES):
         return "phase_smem"
+    work = g.batch * g.c_out * math.prod(g.out_size) * g.c_in_per_group * all_phase_taps(g)
+    if work < MIN_SPECIALIZED_WORK:
+        return "phase_generic"
+    if g.c_out_per_group < 4:
+        return "phase_narrow"
     return "phase"
+
+
+def check_name(variant: str) -> None:
+    """A ``TypeError``/``ValueError`` naming ``variant`` unless it is ``"auto"`` or a variant."""
+    if not isinstance(variant, str):
+        raise TypeError(f"variant must be a string, got {type(variant).__name__}")
+    if variant != "auto" and variant not in VARIANTS:
+        raise ValueError(f"variant must be 'auto' or one of {', '.join(map(repr, VARIANTS))}, "
+                         f"got {variant!r}")
 
 
 def resolve(variant: str, g: Geometry, dtype: np.dtype) -> Variant:
     """The variant to run: ``"auto"`` resolved; an unknown or inapplicable one refused."""
+    check_name(variant)
     if variant == "auto":
         variant = choose(g, dtype) if AUTO_USES_HEURISTIC else DEFAULT
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be 'auto' or one of {', '.join(map(repr, VARIANTS))}, "
-                         f"got {variant!r}")
     chosen = VARIANTS[variant]
     chosen.check(g, dtype)
     return chosen

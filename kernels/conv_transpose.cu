@@ -301,3 +301,107 @@ __global__ void conv_transpose_grad_weight(
 }
 
 }  // namespace gpu_tconv
+
+// ---------------------------------------------------------------------------
+// The weight gradient split over many blocks. One thread per weight element has
+// too little parallelism where the weight is small and the batch and image are
+// large (a DCGAN output layer: about a dozen blocks). Here the reduction over
+// samples and inputs, flattened as (n, i0, i1, i2), is cut into ``chunks``
+// contiguous ranges of ``chunk_size`` elements: thread (chunk, element) sums its
+// range in order into partial[chunk][element] (in the accumulator type), and a
+// second kernel adds the partial sums of each element in chunk order. No atomics:
+// the result is the same bit for bit on every run, and the split depends on the
+// geometry only.
+
+namespace gpu_tconv {
+
+template <typename T, typename I, bool CHANNELS_LAST>
+__global__ void conv_transpose_grad_weight_partial(
+        const T* __restrict__ x, const T* __restrict__ dy,
+        typename accumulator<T>::type* __restrict__ partial,
+        const I total, const I groups, const I c_in_per_group, const I c_out_per_group,
+        const I in0, const I in1, const I in2,
+        const I out0, const I out1, const I out2,
+        const I k0, const I k1, const I k2,
+        const I stride0, const I stride1, const I stride2,
+        const I pad0, const I pad1, const I pad2,
+        const I dil0, const I dil1, const I dil2,
+        const I batch, const I chunk_size) {
+    typedef typename accumulator<T>::type Acc;
+    const I c_out = groups * c_out_per_group;
+    const I c_in = groups * c_in_per_group;
+    const I in_plane = in0 * in1 * in2;
+    const I out_plane = out0 * out1 * out2;
+    const I x_channel = CHANNELS_LAST ? 1 : in_plane;
+    const I x_pixel = CHANNELS_LAST ? c_in : 1;
+    const I dy_channel = CHANNELS_LAST ? 1 : out_plane;
+    const I dy_pixel = CHANNELS_LAST ? c_out : 1;
+    const I elements = c_in * c_out_per_group * k0 * k1 * k2;
+    const I reduced = batch * in_plane;  // length of the flattened (n, i0, i1, i2) range
+
+    // Consecutive threads take consecutive weight elements of one chunk, so the
+    // partial sums are stored coalesced.
+    for (I index = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; index < total;
+         index += (I)blockDim.x * (I)gridDim.x) {
+        const I chunk = index / elements;
+        I rest = index - chunk * elements;  // weight layout (C_in, C_out/G, k0, k1, k2)
+        const I q2 = rest % k2; rest /= k2;
+        const I q1 = rest % k1; rest /= k1;
+        const I q0 = rest % k0; rest /= k0;
+        const I co_in_group = rest % c_out_per_group;
+        const I ci = rest / c_out_per_group;
+        const I co = (ci / c_in_per_group) * c_out_per_group + co_in_group;
+
+        // Inputs i with 0 <= i*stride + q*dil - pad < out, per dimension: [lo, hi).
+        const I r0 = pad0 - q0 * dil0, r1 = pad1 - q1 * dil1, r2 = pad2 - q2 * dil2;
+        const I lo0 = r0 > 0 ? (r0 + stride0 - 1) / stride0 : 0;
+        const I lo1 = r1 > 0 ? (r1 + stride1 - 1) / stride1 : 0;
+        const I lo2 = r2 > 0 ? (r2 + stride2 - 1) / stride2 : 0;
+        I hi0 = out0 - 1 + r0 < 0 ? 0 : (out0 - 1 + r0) / stride0 + 1;
+        I hi1 = out1 - 1 + r1 < 0 ? 0 : (out1 - 1 + r1) / stride1 + 1;
+        I hi2 = out2 - 1 + r2 < 0 ? 0 : (out2 - 1 + r2) / stride2 + 1;
+        if (hi0 > in0) hi0 = in0;
+        if (hi1 > in1) hi1 = in1;
+        if (hi2 > in2) hi2 = in2;
+
+        // This chunk's range of the flattened reduction, taken row by row (a row:
+        // one (n, i0, i1), in2 elements long).
+        const I begin = chunk * chunk_size;
+        const I end = begin + chunk_size < reduced ? begin + chunk_size : reduced;
+        Acc acc = 0;
+        for (I row = begin / in2; row * in2 < end; ++row) {
+            const I i1 = row % in1;
+            const I i0 = (row / in1) % in0;
+            const I n = row / (in1 * in0);
+            if (i0 < lo0 || i0 >= hi0 || i1 < lo1 || i1 >= hi1) continue;
+            I first = row * in2 < begin ? begin - row * in2 : 0;
+            I last = end - row * in2 < in2 ? end - row * in2 : in2;
+            if (first < lo2) first = lo2;
+            if (last > hi2) last = hi2;
+            const T* x_row = x + n * c_in * in_plane + ci * x_channel + (i0 * in1 + i1) * in2 * x_pixel;
+            const I o0 = i0 * stride0 - r0, o1 = i1 * stride1 - r1;
+            const T* dy_row = dy + n * c_out * out_plane + co * dy_channel
+                            + (o0 * out1 + o1) * out2 * dy_pixel;
+            for (I i2 = first; i2 < last; ++i2) {
+                acc += to_acc(x_row[i2 * x_pixel]) * to_acc(dy_row[(i2 * stride2 - r2) * dy_pixel]);
+            }
+        }
+        partial[index] = acc;
+    }
+}
+
+// dw[e] = partial[0][e] + partial[1][e] + ... + partial[chunks - 1][e], in that order.
+template <typename T, typename I>
+__global__ void conv_transpose_grad_weight_combine(
+        const typename accumulator<T>::type* __restrict__ partial, T* __restrict__ dw,
+        const I total, const I chunks) {
+    typedef typename accumulator<T>::type Acc;
+    for (I index = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; index < total;
+         index += (I)blockDim.x * (I)gridDim.x) {
+        Acc acc = 0;
+        for (I c = 0; c < chunks; ++c) acc += partial[c * total + index];
+        dw[index] = from_acc<T>(acc);
+    }
+}
+
+}  // namespace gpu_tconv

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 
@@ -14,8 +15,21 @@ settings.register_profile("thorough", deadline=None, max_examples=400,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 HAS_GPU = cuda_backend.unavailable_reason() is None
-requires_gpu = pytest.mark.skipif(not HAS_GPU, reason=f"no usable GPU: "
-                                  f"{cuda_backend.unavailable_reason()}")
+#: Marks a test that exercises the cuda backend (``pytest -m gpu`` selects them all, as
+#: bench/device_check.sh does); without a usable GPU it skips, saying why.
+requires_gpu = pytest.mark.gpu
+
+# Dask is optional (the GPU machine's image has none): its tests are not collected then.
+collect_ignore = [] if importlib.util.find_spec("dask") else ["test_dask.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_GPU:
+        return
+    skip = pytest.mark.skip(reason=f"no usable GPU: {cuda_backend.unavailable_reason()}")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
 
 #: Every backend, as a parametrize list; cuda skips (with the reason) where it cannot run.
 BACKENDS = ["numpy", "emulated", pytest.param("cuda", marks=requires_gpu)]

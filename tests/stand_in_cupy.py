@@ -41,10 +41,17 @@ def _properties(device_id):
 # cudaDevAttr numbers: clock (kHz), multiprocessors, memory clock (kHz), bus width (bits).
 _ATTRIBUTES = {13: 1_980_000, 16: 132, 36: 2_619_000, 37: 5120}
 
+#: What the stand-in device reports: the driver's free bytes, and the free blocks held
+#: by the memory pool (tests set them).
+FREE_BYTES = 2**33
+POOL_FREE_BYTES = 0
+
 random = SimpleNamespace(default_rng=_Generator)
 cuda = SimpleNamespace(
     Stream=SimpleNamespace(null=None), Event=_Event, Device=_Device,
     get_elapsed_time=lambda start, end: 1e3 * (end.time - start.time),
     runtime=SimpleNamespace(getDeviceProperties=_properties, runtimeGetVersion=lambda: 13000,
-                            deviceGetAttribute=lambda number, device: _ATTRIBUTES[number]))
-get_default_memory_pool = lambda: SimpleNamespace(free_all_blocks=lambda: None)
+                            deviceGetAttribute=lambda number, device: _ATTRIBUTES[number],
+                            memGetInfo=lambda: (FREE_BYTES, _properties(0)["totalGlobalMem"])))
+get_default_memory_pool = lambda: SimpleNamespace(free_all_blocks=lambda: None,
+                                                  free_bytes=lambda: POOL_FREE_BYTES)

@@ -1,10 +1,10 @@
 """The GPU benchmark without a GPU: it says so and succeeds; its configurations, its
-GEMM + col2im peer (through the emulator) and its whole run, on a stand-in device."""
+GEMM + col2im peer (through the emulator), its check of results, its roofline bounds
+and its whole run, rehearsed on the CPU."""
 
+import dataclasses
 import json
 import math
-import sys
-import xml.etree.ElementTree as ElementTree
 from unittest import mock
 
 import numpy as np
@@ -12,9 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import stand_in_cupy
 from conftest import HAS_GPU
-from gpu_tconv import bench_configs, bench_gpu, cli, col2im, cuda_backend, emulated_backend
+from gpu_tconv import bench_configs, bench_gpu, cli, col2im, variants
 from gpu_tconv.bench_cpu import Config
 from gpu_tconv.geometry import geometry_from_shapes
 from gpu_tconv.reference import conv_transpose_reference
@@ -64,40 +63,84 @@ def test_gemm_col2im_peer_matches_the_reference(p: Problem, dtype, budget):
                  Problem(p.x, p.weight, None, p.params), dtype)
 
 
-def test_a_whole_run_on_a_stand_in_device(monkeypatch, tmp_path, capsys):
-    """run_from_args end to end: the stand-in CuPy, the emulated kernels in place of
-    the CUDA launches, PyTorch's CPU convolution as the cuDNN peer."""
-    import torch
-
-    monkeypatch.setitem(sys.modules, "cupy", stand_in_cupy)
-    monkeypatch.setattr(cuda_backend, "unavailable_reason", lambda: None)
-    monkeypatch.setattr(cuda_backend, "conv_transpose",
-                        lambda x, w, b, g, variant: emulated_backend.conv_transpose(
-                            x, w, b, g, variant=variant))
-    monkeypatch.setattr(bench_gpu, "_import_torch_cuda", lambda: (torch, None))
-    monkeypatch.setattr(bench_gpu, "all_configs", lambda: [
-        Config("tiny DCGAN-like k4 s2 p1", (2, 9, 5, 6), (9, 5, 4, 4), dict(stride=2, padding=1)),
-        Config("tiny 1-D k16 (too many row taps to unroll)", (1, 3, 20), (3, 2, 16), {}),
-    ])
-    args = cli.build_parser().parse_args(["bench", "--repeats", "2", "--output", str(tmp_path)])
+def test_a_variant_added_to_the_registry_is_benchmarked(monkeypatch, tmp_path, capsys):
+    """A rehearsal (the whole run is rehearsed by tests/test_device_check.py): a variant
+    registered by name is timed and checked like the others."""
+    extra = dataclasses.replace(variants.VARIANTS["phase_generic"], name="phase_wide")
+    monkeypatch.setitem(variants.VARIANTS, "phase_wide", extra)
+    args = cli.build_parser().parse_args(["bench", "--rehearse", "--repeats", "1", "--only",
+                                          "1-D", "--dtypes", "float32", "--output", str(tmp_path)])
     result = bench_gpu.run_from_args(args)
+    (row,) = result["rows"]
+    assert "phase_wide" in row["ms"] and "phase_wide" not in row["wrong"]
+    assert result["variants"][-1] == "phase_wide" and "phase_wide" in capsys.readouterr().out
 
-    assert [(r["name"][:4], r["dtype"]) for r in result["rows"]] == [
-        ("tiny", "float32"), ("tiny", "float16")] * 2
-    for row in result["rows"]:
-        assert row["wrong"] == [], row["max_rel_diff"]
-        assert set(bench_gpu.PEERS) <= set(row["ms"]) and "simple" in row["ms"]
-        assert row["best_variant"] in row["ms"] and row["ratio_to_best_peer"] > 0
-        assert 0 < row["bandwidth_fraction"] and 0 < row["peak_fraction"]
-    unrollable = result["rows"][2]
-    assert "phase" in unrollable["skipped"] and unrollable["heuristic"] == "phase_generic"
-    assert result["summary"]["rows"] == 4
-    assert result["summary"]["geomean_simple_to_best_peer"] > 0
 
-    (written,) = tmp_path.glob("gpu-stand-in-gpu-*.json")
-    saved = json.loads(written.read_text())
-    assert saved["device"]["name"] == "Stand-in GPU" and saved["complete"]
-    svg = ElementTree.parse(written.with_suffix(".svg")).getroot()
-    assert svg.tag.endswith("svg") and len(svg.findall("{*}rect")) == 4
-    table = capsys.readouterr().out
-    assert "cudnn-det" in table and "tiny DCGAN-like" in table
+def _tf32(a: np.ndarray) -> np.ndarray:
+    """float32 values rounded to TF32 (10 mantissa bits), as tensor cores read them."""
+    bits = a.astype(np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def test_a_kernel_that_drops_a_border_tap_is_never_the_best():
+    """The old check (a TF32 reference, 2e-2 of max|ref|) passed a kernel that drops the
+    one tap reaching a corner output; the check against the float32 reference fails it,
+    and the correct but slower variant is the best."""
+    rng = np.random.default_rng(5)
+    config = Config("3-D k3, many channels", (1, 64, 6, 6, 6), (64, 8, 3, 3, 3), {})
+    x = rng.standard_normal(config.x).astype(np.float32)
+    w = (rng.standard_normal(config.weight) / math.sqrt(64 * 27)).astype(np.float32)
+    torch = pytest.importorskip("torch")
+    in_float64 = lambda a, b: torch.nn.functional.conv_transpose3d(
+        torch.from_numpy(a.astype(np.float64)), torch.from_numpy(b.astype(np.float64))).numpy()
+    exact = in_float64(x, w)
+    dropped = exact.copy()
+    dropped[0, 0, 0, 0, 0] -= np.einsum("c,c->", x[0, :, 0, 0, 0].astype(np.float64),
+                                        w[:, 0, 0, 0, 0].astype(np.float64))
+    assert abs(dropped[0, 0, 0, 0, 0]) < 1e-12  # the corner's only tap, gone
+    tf32 = in_float64(_tf32(x), _tf32(w))
+    old = float(np.abs(dropped - tf32).max() / np.abs(tf32).max())
+    assert old <= 2e-2  # the old check: passed
+
+    g = geometry_from_shapes(config.x, config.weight)
+    reference = bench_gpu.reference(config, g, x, w, torch, np)
+    row = {"name": config.name, "dtype": "float32", "bytes": 1, "flops": 1, "heuristic": "simple",
+           "ms": {"phase": 1.0, "simple": 2.0, "torch": 1.5}, "max_rel_diff": {}, "tolerance": {}}
+    for method, y in (("phase", dropped), ("simple", exact), ("torch", tf32)):
+        row["max_rel_diff"][method] = bench_gpu.relative_error(y.astype(np.float32), reference, np)
+        row["tolerance"][method] = bench_gpu.tolerance(method, "float32")
+    bench_gpu.derive(row, None)
+    assert row["wrong"] == ["phase"] and row["best_variant"] == "simple"
+    assert row["best_peer"] == "torch"  # TF32 rounding is within the TF32 peers' tolerance
+    assert "phase" not in bench_gpu.summarize([row])["wins_by_variant"]
+
+
+def test_roofline_bounds_of_a_known_device():
+    h200 = bench_gpu.known_peaks("NVIDIA H200")
+    assert h200["bandwidth_gbs"] == 4800 and h200["tf32_tflops"] == 495
+    assert bench_gpu.known_peaks("NVIDIA H100 PCIe")["bandwidth_gbs"] == 2000
+    assert bench_gpu.known_peaks("NVIDIA H100 80GB HBM3")["bandwidth_gbs"] == 3350
+    assert bench_gpu.known_peaks("Stand-in GPU") is None
+    row = {"dtype": "float16", "bytes": 4.8e9, "flops": 990e12 / 1e3}
+    bounds = bench_gpu.roofline_ms(row, h200)
+    assert math.isclose(bounds["dram"], 1) and math.isclose(bounds["tensor_cores"], 1)
+    assert math.isclose(bounds["cuda_cores"], 990 / 67)
+    assert bench_gpu.roofline_ms(row, {"bandwidth_gbs": None})["dram"] is None
+
+
+def test_every_rows_kernels_are_compiled_ahead_in_row_order(monkeypatch):
+    import stand_in_cupy
+
+    compiled = []
+    monkeypatch.setattr(bench_gpu.cuda_backend, "compile_plan",
+                        lambda device_id, plan: compiled.append((device_id, plan.variant)))
+    configs = bench_configs.rehearsal_configs()
+    pool, futures = bench_gpu.compile_ahead(configs, ["float32", "float16"], ["simple", "phase"],
+                                            stand_in_cupy)
+    for row in futures.values():
+        for future in row:
+            future.result()
+    pool.shutdown()
+    assert list(futures) == [(c.name, d) for c in configs for d in ("float32", "float16")]
+    assert [len(f) for f in futures.values()] == [2, 2, 1, 1]  # phase refuses the 1-D row
+    assert sorted(compiled) == sorted([(0, "simple")] * 4 + [(0, "phase")] * 2)

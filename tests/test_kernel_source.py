@@ -30,7 +30,9 @@ UNITS = {name: (v.source, v.defines(WORST_CASE), launch.all_kernel_expressions(v
 UNITS["col2im"] = (col2im.SOURCE, (), [f"gpu_tconv::col2im<{t}>" for t in launch.C_TYPES.values()])
 UNITS["gradients"] = (launch.KERNEL_FILE, (),
                       launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_input"])
-                      + launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_weight"]))
+                      + launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_weight"])
+                      + launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_weight_partial"])
+                      + launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_weight_combine"]))
 COMPILE_CASES = [(arch, name) for arch in ARCHITECTURES for name in UNITS]
 
 
@@ -85,8 +87,11 @@ def test_32_and_64_bit_indices_agree(p: Problem, dtype):
     p = p.astype(dtype)
     g = geometry_from_shapes(p.x.shape, p.weight.shape, None if p.bias is None else p.bias.shape,
                              **p.params)
-    narrow = emulated_backend.conv_transpose(p.x, p.weight, p.bias, g, index_bits=32)
-    wide = emulated_backend.conv_transpose(p.x, p.weight, p.bias, g, index_bits=64)
+    # The simple kernel; test_variants checks both widths of the tiled ones.
+    narrow = emulated_backend.conv_transpose(p.x, p.weight, p.bias, g, index_bits=32,
+                                             variant="simple")
+    wide = emulated_backend.conv_transpose(p.x, p.weight, p.bias, g, index_bits=64,
+                                           variant="simple")
     assert narrow.tobytes() == wide.tobytes()
     assert_close(wide, conv_transpose_reference(p.x, p.weight, p.bias, **p.params), p, dtype)
 
@@ -96,9 +101,10 @@ def test_grid_stride_loop_covers_outputs_beyond_the_grid(monkeypatch):
     monkeypatch.setattr(launch, "MAX_BLOCKS", 3)
     rng = np.random.default_rng(4)
     x, w = rng.standard_normal((2, 3, 9, 11)), rng.standard_normal((3, 2, 3, 4))
-    y = gpu_tconv.conv_transpose2d(x, w, stride=(2, 3), padding=1, backend="emulated")
+    y = gpu_tconv.conv_transpose2d(x, w, stride=(2, 3), padding=1, backend="emulated",
+                                   variant="simple")
     assert launch.plan(geometry_from_shapes(x.shape, w.shape, stride=(2, 3), padding=1),
-                       x.dtype).grid == (3, 1, 1)
+                       x.dtype, variant="simple").grid == (3, 1, 1)
     np.testing.assert_allclose(y, conv_transpose_reference(x, w, stride=(2, 3), padding=1),
                                rtol=1e-12, atol=1e-12)
 
@@ -109,7 +115,8 @@ def test_index_width_follows_the_sizes():
     # 2**31 output elements: one past what a 32-bit signed index can address.
     large = geometry_from_shapes((4, 1, 2**14, 2**15), (1, 1, 1, 1))
     assert launch.plan(large, np.float32).index_bits == 64
-    assert launch.plan(large, np.float32).kernel.endswith("<float, long long, false>")
+    assert launch.plan(large, np.float32, variant="simple").kernel.endswith(
+        "<float, long long, false>")
     # A huge stride times dilation also forces 64-bit tap arithmetic.
     far = geometry_from_shapes((1, 1, 2), (1, 1, 2), stride=2**20, dilation=2**12)
     assert launch.plan(far, np.float64).index_bits == 64

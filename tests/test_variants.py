@@ -2,10 +2,13 @@
 backend (every dtype and index width), its launch plan, and the heuristic that will
 choose between them."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 
+import gpu_tconv
 from gpu_tconv import emulated_backend, launch, variants
 from gpu_tconv.geometry import geometry_from_shapes
 from gpu_tconv.reference import conv_transpose_reference
@@ -76,19 +79,46 @@ def test_vector_access_at_unaligned_addresses(name, dtype):
     assert y_buffer[1:].tobytes() == aligned.ravel().tobytes()
 
 
-def test_auto_runs_the_simple_kernel_until_gpu_figures_choose():
-    assert variants.AUTO_USES_HEURISTIC is False
+def test_auto_runs_the_heuristic_and_simple_stays_selectable():
+    assert variants.AUTO_USES_HEURISTIC is True
     for x_shape, w_shape, kw in [((8, 64, 16, 16), (64, 32, 4, 4), dict(stride=2, padding=1)),
-                                 ((1, 21, 8, 8), (21, 1, 16, 16), dict(stride=8, groups=21))]:
+                                 ((1, 21, 64, 64), (21, 1, 16, 16), dict(stride=8, groups=21))]:
         g = geometry_from_shapes(x_shape, w_shape, **kw)
-        assert launch.plan(g, np.float32).variant == "simple"
-        assert launch.plan(g, np.float32).kernel == launch.kernel_expression(np.float32, 32)
+        assert launch.plan(g, np.float32).variant == variants.choose(g, np.float32) != "simple"
+        simple = launch.plan(g, np.float32, variant="simple")
+        assert simple.variant == "simple"
+        assert simple.kernel == launch.kernel_expression(np.float32, 32, channels_last=False)
 
 
-def test_the_switch_hands_auto_to_the_heuristic(monkeypatch):
-    monkeypatch.setattr(variants, "AUTO_USES_HEURISTIC", True)
+def test_the_switch_hands_auto_back_to_the_default(monkeypatch):
+    monkeypatch.setattr(variants, "AUTO_USES_HEURISTIC", False)
     g = geometry_from_shapes((8, 64, 16, 16), (64, 32, 4, 4), stride=2, padding=1)
-    assert launch.plan(g, np.float32).variant == variants.choose(g, np.float32) == "phase_smem"
+    assert launch.plan(g, np.float32).variant == variants.DEFAULT == "simple"
+
+
+def test_public_functions_take_the_variant_by_name(monkeypatch):
+    rng = np.random.default_rng(23)
+    x, w = rng.standard_normal((1, 3, 5, 4)), rng.standard_normal((3, 2, 3, 3))
+    chosen = []
+    real_plan = launch.plan
+    monkeypatch.setattr(launch, "plan", lambda *a, **k: chosen.append(real_plan(*a, **k).variant)
+                        or real_plan(*a, **k))
+    expected = conv_transpose_reference(x, w, stride=2)
+    for name in ("simple", "phase_generic", "auto"):
+        y = gpu_tconv.conv_transpose2d(x, w, stride=2, backend="emulated", variant=name)
+        np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    assert chosen == ["simple", "phase_generic", "phase_generic"]  # a tiny call: generic
+    # The numpy backend has no kernels: it ignores a valid name and refuses an unknown one.
+    np.testing.assert_allclose(gpu_tconv.conv_transpose2d(x, w, stride=2, backend="numpy",
+                                                          variant="phase"), expected, rtol=1e-12)
+    for backend in ("numpy", "emulated"):
+        with pytest.raises(ValueError, match="variant"):
+            gpu_tconv.conv_transpose2d(x, w, backend=backend, variant="fastest")
+        with pytest.raises(TypeError, match="variant"):
+            gpu_tconv.conv_transpose2d(x, w, backend=backend, variant=None)
+    with pytest.raises(ValueError, match="phase_generic"):  # inapplicable: before any work
+        gpu_tconv.conv_transpose1d(x[0], rng.standard_normal((5, 2, 16)), backend="emulated",
+                                   variant="phase")
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw, dtype, expected", [
@@ -105,6 +135,9 @@ def test_the_switch_hands_auto_to_the_heuristic(monkeypatch):
     ((1, 8, 6, 6, 6), (8, 8, 5, 5, 5), {}, np.float64, "phase"),
     # 16 taps along the row: too many to unroll.
     ((1, 8, 32), (8, 8, 16), {}, np.float32, "phase_generic"),
+    # Too little work for a specialized kernel to pay for its compile.
+    ((1, 4, 6, 6), (4, 8, 3, 3), {}, np.float32, "phase_generic"),
+    ((1, 8, 6, 6), (8, 8, 3, 3), {}, np.float32, "phase_smem"),  # whatever the size
 ])
 def test_heuristic(x_shape, w_shape, kw, dtype, expected):
     g = geometry_from_shapes(x_shape, w_shape, **kw)
@@ -157,3 +190,19 @@ def test_channels_last_runs_the_simple_kernel():
     assert launch.plan(g, np.float32).kernel.endswith(", true>")
     with pytest.raises(ValueError, match="channels-first"):
         launch.plan(g, np.float32, variant="phase")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_the_size_dependent_choices_give_the_same_bits(dtype):
+    """phase_generic, phase and phase_narrow sum in one order: a batch chunk or a Dask
+    block that the heuristic gives another of them matches the whole bit for bit."""
+    rng = np.random.default_rng(24)
+    x = rng.standard_normal((2, 5, 6, 7)).astype(dtype)
+    w = rng.standard_normal((5, 3, 4, 3)).astype(dtype)
+    g = geometry_from_shapes(x.shape, w.shape, stride=(2, 1), padding=1, dilation=(1, 2))
+    results = {name: emulated_backend.conv_transpose(x, w, None, g, variant=name).tobytes()
+               for name in ("phase_generic", "phase", "phase_narrow")}
+    assert len(set(results.values())) == 1
+    big = geometry_from_shapes((64, 5, 32, 32), (5, 3, 4, 4), stride=2, padding=1)
+    assert variants.choose(big, dtype) == "phase_narrow"
+    assert variants.choose(dataclasses.replace(big, batch=1), dtype) == "phase_generic"
