@@ -181,12 +181,14 @@ def _free_bytes(cupy) -> int:
     return free + cupy.get_default_memory_pool().free_bytes()
 
 
-def conv_transpose(x, weight, bias, geometry: Geometry, device=None, *, variant: str = "auto"):
+def conv_transpose(x, weight, bias, geometry: Geometry, device=None, *, variant: str = "auto",
+                   precision: str = "highest"):
     """CUDA twin of :func:`gpu_tconv.numpy_backend.conv_transpose`.
 
     Operands may be CuPy arrays (on ``device``) or NumPy arrays; the result is a CuPy
     array on ``device`` when ``x`` is one, else a NumPy array. ``variant`` names the
-    kernel variant (for tests and benchmarks; see :mod:`gpu_tconv.variants`).
+    kernel variant (for tests and benchmarks; see :mod:`gpu_tconv.variants`);
+    ``precision="tf32"`` lets float32 run on TF32 tensor cores (the ``wmma`` variant).
     """
     cupy = _import_cupy()
     device = device if device is not None else cupy.cuda.Device()
@@ -223,7 +225,9 @@ def conv_transpose(x, weight, bias, geometry: Geometry, device=None, *, variant:
             sub = replace(geometry, batch=xs.shape[0])
             # A batch slice of a C-contiguous array is contiguous: the kernel writes into it.
             ys = y[part] if on_device else cupy.empty(sub.out_shape, x.dtype)
-            run_plan(launch.plan(sub, x.dtype, variant=variant), (xs, weight, bias, ys), device)
+            run_plan(launch.plan(sub, x.dtype, variant=variant, precision=precision,
+                                 arch=int(device.compute_capability)),
+                     (xs, weight, bias, ys), device)
             if not on_device:
                 ys.get(out=y[part])
     return y

@@ -13,13 +13,16 @@ import logging
 
 import numpy as np
 
-from . import cuda_backend, emulated_backend, launch, numpy_backend, numpy_backward
+from . import cuda_backend, emulated_backend, launch, numpy_backend, numpy_backward, numpy_formats
+from .formats import check_precision
 from .geometry import IntOrTuple, Padding, check_dtypes, geometry_from_shapes
 
 logger = logging.getLogger("gpu_tconv")
 
 BACKENDS = ("auto", "cuda", "numpy", "emulated")
-_HOST_BACKENDS = {"numpy": numpy_backend.conv_transpose,
+# Each takes (x, weight, bias, geometry, precision=...); bfloat16 and TF32 reach the
+# NumPy backend through numpy_formats' conversions.
+_HOST_BACKENDS = {"numpy": numpy_formats.conv_transpose,
                   "emulated": emulated_backend.conv_transpose}
 
 
@@ -100,9 +103,11 @@ def _to_device(a, device):
 
 def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, padding: Padding,
                    output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
-                   backend: str, output_size=None, layout: str = "channels_first"):
+                   backend: str, output_size=None, layout: str = "channels_first",
+                   precision: str = "highest"):
     """Validate, choose the backend and run; ``rank=None`` takes it from ``weight``."""
     check_backend_name(backend)
+    check_precision(precision)
     x, weight, bias = _as_array(x), _as_array(weight), _as_array(bias)
     dtype = check_dtypes(x, weight, bias)
     geometry = geometry_from_shapes(x.shape, weight.shape, None if bias is None else bias.shape,
@@ -113,13 +118,14 @@ def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, paddin
     device = x.device if x_on_device else None
 
     if name == "cuda":
-        return cuda_backend.conv_transpose(x, weight, bias, geometry, device)
+        return cuda_backend.conv_transpose(x, weight, bias, geometry, device,
+                                           precision=precision)
 
     x, weight, bias = _to_host(x), _to_host(weight), _to_host(bias)
     if geometry.batch == 0:
         y = np.empty(geometry.out_shape, dtype)
     else:
-        y = _HOST_BACKENDS[name](x, weight, bias, geometry)
+        y = _HOST_BACKENDS[name](x, weight, bias, geometry, precision=precision)
     return _to_device(y, device) if x_on_device else y
 
 
@@ -146,9 +152,12 @@ def _kernel_gradients(xp, run, dy, x, weight, geometry, needs):
 def conv_transpose_backward(grad_output, x, weight, stride: IntOrTuple, padding: Padding,
                             output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
                             backend: str, output_size=None, layout: str = "channels_first",
-                            needs=NEEDS):
-    """Validate, choose the backend and compute the requested gradients."""
+                            needs=NEEDS, precision: str = "highest"):
+    """Validate, choose the backend and compute the requested gradients. The gradient
+    kernels compute float32 in float32 whatever the precision (within TF32's error);
+    the NumPy backend rounds the operands to TF32 at ``precision="tf32"``."""
     check_backend_name(backend)
+    check_precision(precision)
     needs = tuple(needs)
     if not set(needs) <= set(NEEDS):
         raise ValueError(f"needs must be a subset of {NEEDS}, got {needs}")
@@ -181,7 +190,7 @@ def conv_transpose_backward(grad_output, x, weight, stride: IntOrTuple, padding:
     if name == "emulated":
         result = _kernel_gradients(np, emulated_backend.run_plan, *host, geometry, needs)
     else:
-        result = numpy_backward.conv_transpose_backward(*host, geometry, needs)
+        result = numpy_formats.conv_transpose_backward(*host, geometry, needs, precision)
     if on_device:
         return tuple(None if r is None else _to_device(r, x.device) for r in result)
     return result

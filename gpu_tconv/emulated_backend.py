@@ -181,14 +181,16 @@ def run_plan(plan: launch.LaunchPlan, arrays: tuple[np.ndarray | int | None, ...
 
 def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                    geometry: Geometry, *, index_bits: int | None = None,
-                   variant: str = "auto") -> np.ndarray:
+                   variant: str = "auto", precision: str = "highest") -> np.ndarray:
     """Emulated twin of :func:`gpu_tconv.cuda_backend.conv_transpose` (NumPy arrays).
 
-    ``variant`` names the kernel variant (for tests; see :mod:`gpu_tconv.variants`).
+    ``variant`` names the kernel variant (for tests; see :mod:`gpu_tconv.variants`);
+    ``precision="tf32"`` lets float32 run on the (emulated) TF32 tensor cores.
     """
     x = np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
     bias = None if bias is None else np.ascontiguousarray(bias)
     y = np.empty(geometry.out_shape, x.dtype)
-    run_plan(launch.plan(geometry, x.dtype, index_bits, variant), (x, weight, bias, y))
+    run_plan(launch.plan(geometry, x.dtype, index_bits, variant, precision=precision),
+             (x, weight, bias, y))
     return y

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import variants
+from . import launch_limits, variants
+from .formats import bfloat16_dtype, is_bfloat16
 from .geometry import Geometry
 from .variants import padded as _padded  # every rank runs as 3-D
 
@@ -28,9 +29,30 @@ FORWARD_KERNEL = KERNEL_NAMES["forward"]
 #: Kernels with a third template argument, the layout (bool CHANNELS_LAST).
 LAYOUT_TEMPLATED = frozenset(KERNEL_NAMES.values())
 
+class _CTypes(dict):
+    """Kernel template argument for each element type. ``C_TYPES[bfloat16]`` is
+    ``"__nv_bfloat16"`` without ``ml_dtypes`` being imported to know it (only ``[]``
+    looks it up: iterate over :func:`kernel_dtypes` for every type)."""
+
+    def __missing__(self, dtype):
+        if is_bfloat16(dtype):
+            return BFLOAT16_C_TYPE
+        raise KeyError(dtype)
+
+
+BFLOAT16_C_TYPE = "__nv_bfloat16"
 #: Kernel template argument for each element type.
-C_TYPES = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float",
-           np.dtype(np.float64): "double"}
+C_TYPES = _CTypes({np.dtype(np.float16): "__half", np.dtype(np.float32): "float",
+                   np.dtype(np.float64): "double"})
+
+
+def kernel_dtypes() -> list[np.dtype]:
+    """Every element type the kernels are instantiated for: bfloat16 too where
+    ``ml_dtypes`` is installed (it is imported here)."""
+    try:
+        return list(C_TYPES) + [bfloat16_dtype()]
+    except RuntimeError:
+        return list(C_TYPES)
 #: Kernel template argument and NumPy scalar type for each index width.
 INDEX_TYPES = {32: ("int", np.int32), 64: ("long long", np.int64)}
 
@@ -71,7 +93,7 @@ def kernel_expression(dtype: np.dtype, index_bits: int, name: str = FORWARD_KERN
 def all_kernel_expressions(name: str = FORWARD_KERNEL) -> list[str]:
     """Every instantiation of one kernel template (for compile checks)."""
     layouts = (False, True) if name in LAYOUT_TEMPLATED else (False,)
-    return [kernel_expression(d, b, name, cl) for d in C_TYPES for b in INDEX_TYPES
+    return [kernel_expression(d, b, name, cl) for d in kernel_dtypes() for b in INDEX_TYPES
             for cl in layouts]
 
 
@@ -108,6 +130,8 @@ class LaunchPlan:
     shared_bytes: int = 0
     block_sync: bool = False
     variant: str = "simple"
+    #: Shared memory the kernel declares statically (its ``__shared__`` arrays), bytes.
+    static_shared_bytes: int = 0
 
 
 def _tap_inverse(stride: int, dilation: int) -> tuple[int, int]:
@@ -137,7 +161,8 @@ def _needs_64_bit(geometry: Geometry, reach: int, work: int = 0) -> bool:
 
 
 def plan(geometry: Geometry, dtype: np.dtype, index_bits: int | None = None,
-         variant: str = "auto", kind: str = "forward") -> LaunchPlan:
+         variant: str = "auto", kind: str = "forward",
+         precision: str = "highest", arch: int | None = None) -> LaunchPlan:
     """Describe the launch of one kernel for ``geometry``.
 
     ``kind`` is ``"forward"`` (arrays x, w, bias, y), ``"grad_input"`` (dy, w, dx) or
@@ -150,7 +175,7 @@ def plan(geometry: Geometry, dtype: np.dtype, index_bits: int | None = None,
              "grad_input": g.batch * g.c_in * math.prod(g.in_size),
              "grad_weight": g.c_in * g.c_out_per_group * math.prod(g.kernel)}[kind]
     if kind == "forward":
-        chosen = variants.resolve(variant, g, dtype)
+        chosen = variants.resolve(variant, g, dtype, precision=precision, arch=arch)
     else:
         chosen = replace(variants.VARIANTS["simple"], kernel=KERNEL_NAMES[kind])
     work_blocks = chosen.blocks(g) if kind == "forward" else -(-total // chosen.block)
@@ -171,8 +196,11 @@ def plan(geometry: Geometry, dtype: np.dtype, index_bits: int | None = None,
                    + _padded(tuple(inv for _, inv in inverses), 0))
     elif kind == "grad_weight":
         values += (g.batch,)
-    return LaunchPlan(kernel=kernel_expression(dtype, index_bits, chosen.kernel, g.channels_last),
-                      grid=(blocks, 1, 1), block=(chosen.block, 1, 1),
-                      scalars=tuple(index(v) for v in values), index_bits=index_bits,
-                      source=chosen.source, defines=chosen.defines(g),
-                      block_sync=chosen.block_sync, variant=chosen.name)
+    result = LaunchPlan(kernel=kernel_expression(dtype, index_bits, chosen.kernel, g.channels_last),
+                        grid=(blocks, 1, 1), block=(chosen.block, 1, 1),
+                        scalars=tuple(index(v) for v in values), index_bits=index_bits,
+                        source=chosen.source, defines=chosen.defines(g),
+                        block_sync=chosen.block_sync, variant=chosen.name,
+                        static_shared_bytes=chosen.static_shared_bytes(g, dtype, index_bits))
+    launch_limits.check(result, arch)
+    return result
