@@ -33,14 +33,14 @@ MAX_REGISTERS_PER_THREAD = 255
 #: sm_90 and sm_120, the most over element types and index widths, the specialized
 #: variants at 8 unrolled taps. Keyed by forward variant name, or by gradient kind.
 REGISTERS = {
-    "simple": 40,
-    "phase_generic": 72,
-    "phase": 96,
-    "phase_narrow": 72,
-    "phase_smem": 168,
-    "wmma": 168,
-    "grad_input": 40,
-    "grad_weight": 40,
+    "simple": 168,
+    "phase_generic": 158,
+    "phase": 182,
+    "phase_narrow": 200,
+    "phase_smem": 124,
+    "wmma": 162,
+    "grad_input": 80,
+    "grad_weight": 128,
 }
 
 _GRADIENT_KERNELS = {"gpu_tconv::conv_transpose_grad_input": "grad_input",

@@ -231,7 +231,7 @@ __device__ __forceinline__ I kernel_tap(const Shape<I>& s, const Work<I>& w, I j
 // Every thread of a block stages, meets every __syncthreads() and takes part
 // in every (warp-collective) WMMA call; the loop bounds are uniform in the block.
 template <typename T, typename I>
-__global__ void __launch_bounds__(wmma_gemm::THREADS) conv_transpose_wmma(
+__global__ void __launch_bounds__(wmma_gemm::THREADS, 1) conv_transpose_wmma(
         const T* __restrict__ x, const T* __restrict__ w,
         const T* __restrict__ bias, T* __restrict__ y,
         const I total, const I groups, const I c_in_per_group, const I c_out_per_group,
