@@ -14,7 +14,7 @@ import logging
 import numpy as np
 
 from . import cuda_backend, emulated_backend, launch, numpy_backend, numpy_backward, numpy_formats
-from .formats import check_precision
+from .formats import bfloat16_dtype, check_precision
 from .geometry import IntOrTuple, Padding, check_dtypes, geometry_from_shapes
 
 logger = logging.getLogger("gpu_tconv")
@@ -74,6 +74,8 @@ def _as_array(a):
     JAX) without a copy; anything else through ``np.asarray``."""
     if a is None or cuda_backend.is_device_array(a) or isinstance(a, np.ndarray):
         return a
+    if type(a).__module__.startswith("torch") and str(getattr(a, "dtype", "")) == "torch.bfloat16":
+        return _torch_bfloat16(a)
     if hasattr(a, "__cuda_array_interface__"):
         import cupy
 
@@ -87,6 +89,19 @@ def _as_array(a):
 
             return cupy.from_dlpack(a)
     return np.asarray(a)
+
+
+def _torch_bfloat16(t):
+    """A PyTorch bfloat16 tensor as an ``ml_dtypes.bfloat16`` view (NumPy for CPU, CuPy
+    for CUDA), through its bits: neither NumPy nor every CuPy takes bfloat16 by DLPack."""
+    import sys
+
+    bits = t.detach().view(sys.modules["torch"].int16)
+    if bits.is_cuda:
+        import cupy
+
+        return cupy.from_dlpack(bits).view(bfloat16_dtype())
+    return bits.numpy().view(bfloat16_dtype())
 
 
 def _to_host(a):

@@ -80,10 +80,13 @@ template <> struct mma_traits<__nv_bfloat16> {
     typedef __nv_bfloat16 operand;
     static constexpr int K = 16;
 };
+// TF32 exists from sm_80 on (the host never runs float32 here below that).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 template <> struct mma_traits<float> {
     typedef wmma::precision::tf32 operand;
     static constexpr int K = 8;
 };
+#endif
 
 // TF32 operands are rounded once loaded (the tensor cores would ignore the low
 // mantissa bits); 16-bit operands are used as they are.
@@ -91,16 +94,18 @@ template <typename Fragment>
 __device__ __forceinline__ void to_operand(Fragment&, __half) {}
 template <typename Fragment>
 __device__ __forceinline__ void to_operand(Fragment&, __nv_bfloat16) {}
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 template <typename Fragment>
 __device__ __forceinline__ void to_operand(Fragment& f, float) {
 #pragma unroll
     for (int i = 0; i < f.num_elements; ++i) f.x[i] = wmma::__float_to_tf32(f.x[i]);
 }
+#endif
 
 // Leading dimensions of the staged tiles, in elements: a multiple of 16 bytes
 // (WMMA's rule), padded by 16 bytes to spread the rows over the banks.
 template <typename T> struct layout {
-    static constexpr int K = mma_traits<T>::K;
+    static constexpr int K = mma_traits<T>::K;  // the fragment depth
     static constexpr int pad = 16 / (int)sizeof(T);
     static constexpr int lda = K + pad;        // X tile: TILE_M rows of K, row major
     static constexpr int ldb = TILE_N + pad;   // W tile: K rows of TILE_N, row major
