@@ -44,6 +44,19 @@ from .bench_cpu import Config
 from .geometry import Geometry, geometry_from_shapes
 
 DTYPES = ("float32", "float16")
+#: Rows on request (``--dtypes``): bfloat16 arrays, and float32 at precision="tf32".
+EXTRA_DTYPES = ("bfloat16", "tf32")
+
+
+def array_dtype_and_precision(name: str):
+    """The arrays' dtype and the ``precision=`` of a row's dtype name."""
+    if name == "tf32":
+        return np.dtype(np.float32), "tf32"
+    if name == "bfloat16":
+        from .formats import bfloat16_dtype
+
+        return bfloat16_dtype(), "highest"
+    return np.dtype(name), "highest"
 PEERS = ("torch", "torch_deterministic", "gemm_col2im")
 # Largest relative difference from PyTorch's result (fp16 and TF32 round at about 1e-3).
 MATCH_TOLERANCE = 2e-2
@@ -132,8 +145,10 @@ def _runners(config: Config, g: Geometry, x, w, torch, names: list[str]):
     runners = {}
     for name in names:
         try:
-            variants.VARIANTS[name].check(g, x.dtype)
-            runners[name] = (lambda v=name: cuda_backend.conv_transpose(x, w, None, g, variant=v))
+            precision = array_dtype_and_precision(config.dtype)[1]
+            variants.VARIANTS[name].check(g, x.dtype, precision)
+            runners[name] = (lambda v=name, p=precision: cuda_backend.conv_transpose(
+                x, w, None, g, variant=v, precision=p))
         except ValueError as error:
             runners[name] = str(error)
     if torch is None:
@@ -165,13 +180,15 @@ def measure(config: Config, names: list[str], repeats: int, cupy, torch) -> dict
     """One row: every method's milliseconds (or why it was skipped) and derived figures."""
     g = geometry_from_shapes(config.x, config.weight, **config.params)
     rng = cupy.random.default_rng(0)
-    x = rng.standard_normal(config.x, dtype=np.float32).astype(config.dtype)
+    dtype, precision = array_dtype_and_precision(config.dtype)
+    x = rng.standard_normal(config.x, dtype=np.float32).astype(dtype)
     w = (rng.standard_normal(config.weight, dtype=np.float32)
-         / math.sqrt(g.c_in_per_group * math.prod(g.kernel))).astype(config.dtype)
+         / math.sqrt(g.c_in_per_group * math.prod(g.kernel))).astype(dtype)
     row = {"name": config.name, "dtype": config.dtype, "x": config.x, "weight": config.weight,
            "params": config.params, "flops": g.flops,
            "bytes": (x.size + w.size + math.prod(g.out_shape)) * x.itemsize,
-           "heuristic": variants.choose(g, x.dtype), "ms": {}, "skipped": {}, "max_rel_diff": {}}
+           "heuristic": variants.choose(g, x.dtype, precision), "ms": {}, "skipped": {},
+           "max_rel_diff": {}}
     runners = _runners(config, g, x, w, torch, names)
     reference = None
     for method, run in runners.items():
@@ -297,8 +314,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", metavar="NAME", choices=list(variants.VARIANTS),
                         default=list(variants.VARIANTS),
                         help="GPU: the kernel variants to time (default: all)")
-    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES),
-                        help="GPU: the element types (default: float32 float16)")
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES + EXTRA_DTYPES,
+                        default=list(DTYPES),
+                        help="GPU: the element types (default: float32 float16; also "
+                             "bfloat16, and tf32: float32 at precision='tf32')")
 
 
 def run_from_args(args: argparse.Namespace) -> dict:

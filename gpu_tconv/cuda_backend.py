@@ -26,6 +26,7 @@ COMPILE_OPTIONS = ("--std=c++17",)
 # What provides each piece of the run-time compiler, for error messages.
 _NVRTC_PACKAGE = "nvidia-cuda-nvrtc==13.*"
 _HEADERS_PACKAGE = "nvidia-cuda-runtime==13.*"
+_MMA_PACKAGE = "nvidia-cuda-crt==13.*"  # crt/mma.h, behind <mma.h> (tensor cores)
 
 
 def _import_cupy():
@@ -113,7 +114,9 @@ def is_device_array(a) -> bool:
 def explain_compile_error(error: BaseException) -> RuntimeError:
     """A compile or load failure turned into an error that says what to do about it."""
     text = str(error)
-    if "cuda_fp16.h" in text:
+    if "crt/mma.h" in text:
+        hint = f"the tensor-core (WMMA) headers are missing: pip install {_MMA_PACKAGE}"
+    elif "cuda_fp16.h" in text or "cuda_bf16.h" in text:
         hint = f"the CUDA headers are missing: pip install {_HEADERS_PACKAGE}"
     elif "nvrtc" in text.lower() and any(w in text.lower() for w in
                                          ("not found", "cannot open", "no such file",

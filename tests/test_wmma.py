@@ -220,3 +220,11 @@ def test_the_heuristic_hands_auto_to_wmma(monkeypatch):
     assert launch.plan(g, np.float16).variant == "wmma"
     assert launch.plan(g, np.float32, precision="tf32").variant == "wmma"
     assert launch.plan(g, np.float32).variant != "wmma"
+
+
+def test_missing_mma_header_names_its_package():
+    from gpu_tconv import cuda_backend
+
+    log = 'conv_transpose_wmma.cu(41): catastrophic error: cannot open source file "crt/mma.h"'
+    explained = str(cuda_backend.explain_compile_error(RuntimeError(log)))
+    assert "pip install nvidia-cuda-crt==13.*" in explained
