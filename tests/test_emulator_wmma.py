@@ -31,6 +31,15 @@ def _aligned(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _convert(values: np.ndarray):
+    """(TF32-rounded, bfloat16, bfloat16 back to float32) of float32 ``values``, by the
+    stand-ins' conversions."""
+    tf32, back = np.zeros_like(values), np.zeros_like(values)
+    bf16 = np.zeros(values.size, BFLOAT16)
+    _run("conversions", (values, tf32, bf16, back), (np.int32(values.size),))
+    return tf32, bf16, back
+
+
 @pytest.mark.parametrize("dtype", [np.float16, BFLOAT16], ids=["float16", "bfloat16"])
 def test_mma_of_16_bit_tiles(dtype):
     rng = np.random.default_rng(40)
@@ -75,8 +84,7 @@ def test_tf32_rounding_to_nearest_ties_away_from_zero():
     ], np.float32)
     expected = np.array([one + ulp, -(one + ulp), one + 2 * ulp, one, one + ulp,
                          np.inf, -np.inf, 3.0, np.inf], np.float32)
-    out = np.zeros_like(values)
-    _run("to_tf32", (values, out), (np.int32(values.size),))
+    out = _convert(values)[0]
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(formats.round_to_tf32(values), expected)
     nan = np.array([np.nan], np.float32)
@@ -109,9 +117,7 @@ def test_bfloat16_conversions_round_to_nearest_even():
                        1 + 3 * ulp / 2,      # tie, even above -> 1 + 2 ulp
                        1 + ulp / 2 + 2.0**-20, -2.5, 3.0e38, 1e-40, np.inf, np.nan],
                       np.float32)
-    out = np.zeros(values.size, BFLOAT16)
-    back = np.zeros(values.size, np.float32)
-    _run("to_bfloat16", (values, out, back), (np.int32(values.size),))
+    _, out, back = _convert(values)
     expected = values.astype(BFLOAT16)  # ml_dtypes: round to nearest even
     np.testing.assert_array_equal(out.view(np.uint16)[:-1], expected.view(np.uint16)[:-1])
     assert np.isnan(back[-1]) and list(back[:3]) == [1.0, 1 + 2 * ulp, 1 + ulp]

@@ -57,15 +57,12 @@ __global__ void load_at(const __half* a, float* d, int offset, int ldm) {
     d[threadIdx.x] = __half2float(fa.x[0]);
 }
 
-// Element-wise conversions: TF32 rounding, float -> bfloat16 -> float.
-__global__ void to_tf32(const float* in, float* out, int n) {
-    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = wmma::__float_to_tf32(in[i]);
-}
-
-__global__ void to_bfloat16(const float* in, __nv_bfloat16* out, float* back, int n) {
+// Element-wise conversions: TF32 rounding, and float -> bfloat16 -> float.
+__global__ void conversions(const float* in, float* tf32, __nv_bfloat16* bf16, float* back, int n) {
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        out[i] = __float2bfloat16_rn(in[i]);
-        back[i] = __bfloat162float(out[i]);
+        tf32[i] = wmma::__float_to_tf32(in[i]);
+        bf16[i] = __float2bfloat16_rn(in[i]);
+        back[i] = __bfloat162float(bf16[i]);
     }
 }
 
