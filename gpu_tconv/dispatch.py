@@ -13,7 +13,8 @@ import logging
 
 import numpy as np
 
-from . import cuda_backend, emulated_backend, launch, numpy_backend, numpy_backward, numpy_formats
+from . import (cuda_backend, emulated_backend, launch, numpy_backend, numpy_backward,
+               numpy_formats)
 from .formats import bfloat16_dtype, check_precision
 from .geometry import IntOrTuple, Padding, check_dtypes, geometry_from_shapes
 
@@ -74,7 +75,8 @@ def _as_array(a):
     JAX) without a copy; anything else through ``np.asarray``."""
     if a is None or cuda_backend.is_device_array(a) or isinstance(a, np.ndarray):
         return a
-    if type(a).__module__.startswith("torch") and str(getattr(a, "dtype", "")) == "torch.bfloat16":
+    if (type(a).__module__.startswith("torch")
+            and str(getattr(a, "dtype", "")) == "torch.bfloat16"):
         return _torch_bfloat16(a)
     if hasattr(a, "__cuda_array_interface__"):
         import cupy

@@ -29,6 +29,7 @@ FORWARD_KERNEL = KERNEL_NAMES["forward"]
 #: Kernels with a third template argument, the layout (bool CHANNELS_LAST).
 LAYOUT_TEMPLATED = frozenset(KERNEL_NAMES.values())
 
+
 class _CTypes(dict):
     """Kernel template argument for each element type. ``C_TYPES[bfloat16]`` is
     ``"__nv_bfloat16"`` without ``ml_dtypes`` being imported to know it (only ``[]``
@@ -53,6 +54,8 @@ def kernel_dtypes() -> list[np.dtype]:
         return list(C_TYPES) + [bfloat16_dtype()]
     except RuntimeError:
         return list(C_TYPES)
+
+
 #: Kernel template argument and NumPy scalar type for each index width.
 INDEX_TYPES = {32: ("int", np.int32), 64: ("long long", np.int64)}
 

@@ -5,7 +5,8 @@ Every variant computes the same thing (see ``kernels/``). ``simple`` is the one
 thread per output kernel of ``conv_transpose.cu``; the others are the tiled kernels
 of ``conv_transpose_tiled.cu`` (phase decomposition, output-channel and pixel
 register tiles, optional shared-memory weights, optional compile-time kernel size,
-stride and dilation).
+stride and dilation). ``wmma`` (``conv_transpose_wmma.cu``) runs on tensor cores, an
+implicit GEMM per output phase, for float16, bfloat16 and float32 as TF32.
 
 ``variant="auto"`` runs :data:`DEFAULT` (``simple``): no variant has been timed on a
 GPU yet. :func:`choose` is the heuristic that will replace it once figures from
@@ -98,9 +99,11 @@ class Variant:
         """The ``__shared__`` arrays of one block, bytes (the launch plan's figure)."""
         return self.shared_bytes(g, dtype)
 
-    def check(self, g: Geometry, dtype: np.dtype, precision: str = "highest") -> None:
+    def check(self, g: Geometry, dtype: np.dtype, precision: str = "highest",
+              arch: int | None = None) -> None:
         """Raise ``ValueError`` saying why this variant cannot run ``g`` (in ``dtype`` at
-        ``precision``, which only the tensor-core variant cares about)."""
+        ``precision`` on compute capability ``arch``, which only the tensor-core variant
+        cares about)."""
         if self.tiled and g.channels_last:
             raise ValueError(f"variant {self.name!r} takes channels-first arrays only "
                              "(use 'simple' for channels-last)")
@@ -296,8 +299,5 @@ def resolve(variant: str, g: Geometry, dtype: np.dtype, precision: str = "highes
         raise ValueError(f"variant must be 'auto' or one of {', '.join(map(repr, VARIANTS))}, "
                          f"got {variant!r}")
     chosen = VARIANTS[variant]
-    if isinstance(chosen, WmmaVariant):
-        chosen.check(g, dtype, precision, arch)
-    else:
-        chosen.check(g, dtype, precision)
+    chosen.check(g, dtype, precision, arch)
     return chosen

@@ -231,6 +231,95 @@ __device__ __forceinline__ I kernel_tap(const Shape<I>& s, const Work<I>& w, I j
            + w.p2.tap + c * w.p2.tap_step;
 }
 
+// The block's accumulators: each warp's FRAGS_M x FRAGS_N fragments.
+template <typename T>
+struct Accumulators {
+    wmma::fragment<wmma::accumulator, 16, 16, mma_traits<T>::K, float> f[FRAGS_M][FRAGS_N];
+};
+
+// One step of the reduction, phase tap `tap` and input channels ci0 .. ci0 + K:
+// the X tile (TILE_M x K, row major) and the W tile (K x TILE_N, row major)
+// staged in shared memory, zero where a pixel has no input at this tap or a
+// channel lies beyond the group. x_at: each pixel's input offset (input_at).
+template <typename T, typename I>
+__device__ __forceinline__ void stage(const T* __restrict__ x, const T* __restrict__ w_g,
+                                      const Shape<I>& s, const Work<I>& work, const I* x_at,
+                                      I tap, I ci0, T* a_tile, T* b_tile, int tid) {
+    typedef layout<T> L;
+    const T zero = from_acc<T>(0.0f);
+    // Pixels fastest: neighbouring threads read neighbouring inputs.
+    for (int e = tid; e < TILE_M * L::K; e += THREADS) {
+        const int m = e % TILE_M, k = e / TILE_M;
+        const I at = x_at[m], ci = ci0 + k;
+        a_tile[m * L::lda + k] = at >= 0 && ci < s.cin ? x[at + ci * s.in_plane] : zero;
+    }
+    for (int e = tid; e < L::K * TILE_N; e += THREADS) {
+        const int n = e % TILE_N, k = e / TILE_N;
+        const I ci = ci0 + k, co = work.co0 + n;
+        b_tile[k * L::ldb + n] = ci < s.cin && co < s.cout
+            ? w_g[(ci * s.cout + co) * s.taps + tap] : zero;
+    }
+}
+
+// acc += the warp's rows of the X tile times its columns of the W tile.
+template <typename T>
+__device__ __forceinline__ void multiply(const T* a_tile, const T* b_tile, int warp_m, int warp_n,
+                                         Accumulators<T>& acc) {
+    typedef layout<T> L;
+    typedef typename mma_traits<T>::operand Operand;
+    wmma::fragment<wmma::matrix_a, 16, 16, L::K, Operand, wmma::row_major> a[FRAGS_M];
+    wmma::fragment<wmma::matrix_b, 16, 16, L::K, Operand, wmma::row_major> b[FRAGS_N];
+#pragma unroll
+    for (int fm = 0; fm < FRAGS_M; ++fm) {
+        wmma::load_matrix_sync(a[fm], a_tile + (warp_m * FRAGS_M + fm) * 16 * L::lda, L::lda);
+        to_operand(a[fm], T());
+    }
+#pragma unroll
+    for (int fn = 0; fn < FRAGS_N; ++fn) {
+        wmma::load_matrix_sync(b[fn], b_tile + (warp_n * FRAGS_N + fn) * 16, L::ldb);
+        to_operand(b[fn], T());
+    }
+#pragma unroll
+    for (int fm = 0; fm < FRAGS_M; ++fm)
+#pragma unroll
+        for (int fn = 0; fn < FRAGS_N; ++fn)
+            wmma::mma_sync(acc.f[fm][fn], a[fm], b[fn], acc.f[fm][fn]);
+}
+
+// The accumulators into the block's float tile, column major (pixels
+// contiguous), each warp its own fragments.
+template <typename T>
+__device__ __forceinline__ void store_accumulators(float* c_tile, const Accumulators<T>& acc,
+                                                   int warp_m, int warp_n) {
+    typedef layout<T> L;
+#pragma unroll
+    for (int fm = 0; fm < FRAGS_M; ++fm)
+#pragma unroll
+        for (int fn = 0; fn < FRAGS_N; ++fn)
+            wmma::store_matrix_sync(
+                c_tile + (warp_n * FRAGS_N + fn) * 16 * L::ldc + (warp_m * FRAGS_M + fm) * 16,
+                acc.f[fm][fn], L::ldc, wmma::mem_col_major);
+}
+
+// Each output of the tile written once, by one thread: the sum (none where the
+// phase has no taps) plus the bias, rounded once to T. y_at: each pixel's
+// output offset (output_at).
+template <typename T, typename I>
+__device__ __forceinline__ void write_outputs(T* __restrict__ y, const T* __restrict__ bias,
+                                              const Shape<I>& s, const Work<I>& work,
+                                              const I* y_at, const float* c_tile, bool reduced,
+                                              int tid) {
+    // Pixels fastest: neighbouring threads write neighbouring outputs of a phase.
+    for (int e = tid; e < TILE_M * TILE_N; e += THREADS) {
+        const int m = e % TILE_M, n = e / TILE_M;
+        const I at = y_at[m], co = work.co0 + n;
+        if (at < 0 || co >= s.cout) continue;
+        float v = reduced ? c_tile[n * layout<T>::ldc + m] : 0.0f;
+        if (bias != 0) v += to_acc(bias[work.group * s.cout + co]);
+        y[at + co * s.out_plane] = from_acc<T>(v);
+    }
+}
+
 }  // namespace wmma_gemm
 
 // Every thread of a block stages, meets every __syncthreads() and takes part
@@ -249,13 +338,11 @@ __global__ void __launch_bounds__(wmma_gemm::THREADS, 1) conv_transpose_wmma(
         const I gcd0, const I gcd1, const I gcd2,
         const I inv0, const I inv1, const I inv2) {
     using namespace wmma_gemm;
-    typedef typename mma_traits<T>::operand Operand;
     typedef layout<T> L;
-    constexpr int K = L::K;
     // 256-bit alignment: WMMA's rule for fragment pointers (every fragment's
-    // offset below is a multiple of 32 bytes too).
+    // offset in these tiles is a multiple of 32 bytes too).
     __shared__ __align__(32) T a_tile[TILE_M * L::lda];
-    __shared__ __align__(32) T b_tile[K * L::ldb];
+    __shared__ __align__(32) T b_tile[L::K * L::ldb];
     __shared__ __align__(32) float c_tile[TILE_N * L::ldc];
     __shared__ I x_at[TILE_M];
     __shared__ I y_at[TILE_M];
@@ -266,80 +353,38 @@ __global__ void __launch_bounds__(wmma_gemm::THREADS, 1) conv_transpose_wmma(
                                      inv0, inv1, inv2);
     const int tid = (int)threadIdx.x;
     const int warp_m = tid / 32 % WARPS_M, warp_n = tid / 32 / WARPS_M;
-    const T zero = from_acc<T>(0.0f);
 
     for (I block = (I)blockIdx.x; block < s.blocks; block += (I)gridDim.x) {
         const Work<I> work = work_of<I>(s, block);
         __syncthreads();  // the previous tile's y_at and c_tile are no longer read
-        for (int m = tid; m < TILE_M; m += THREADS) y_at[m] = output_at<I>(s, work, work.pixel0 + m);
-
-        wmma::fragment<wmma::accumulator, 16, 16, K, float> acc[FRAGS_M][FRAGS_N];
+        for (int m = tid; m < TILE_M; m += THREADS) {
+            y_at[m] = output_at<I>(s, work, work.pixel0 + m);
+        }
+        Accumulators<T> acc;
 #pragma unroll
         for (int fm = 0; fm < FRAGS_M; ++fm)
 #pragma unroll
-            for (int fn = 0; fn < FRAGS_N; ++fn) wmma::fill_fragment(acc[fm][fn], 0.0f);
+            for (int fn = 0; fn < FRAGS_N; ++fn) wmma::fill_fragment(acc.f[fm][fn], 0.0f);
 
         const T* w_g = w + work.group * s.cin * s.cout * s.taps;
         for (I j = 0; j < work.phase_taps; ++j) {
             __syncthreads();  // the previous tap's x_at is no longer read
-            for (int m = tid; m < TILE_M; m += THREADS) x_at[m] = input_at<I>(s, work, work.pixel0 + m, j);
+            for (int m = tid; m < TILE_M; m += THREADS) {
+                x_at[m] = input_at<I>(s, work, work.pixel0 + m, j);
+            }
             const I tap = kernel_tap<I>(s, work, j);
-            for (I ci0 = 0; ci0 < s.cin; ci0 += K) {
+            for (I ci0 = 0; ci0 < s.cin; ci0 += L::K) {
                 __syncthreads();  // x_at is written; the previous tiles are no longer read
-                // Pixels fastest: neighbouring threads read neighbouring inputs.
-                for (int e = tid; e < TILE_M * K; e += THREADS) {
-                    const int m = e % TILE_M, k = e / TILE_M;
-                    const I at = x_at[m], ci = ci0 + k;
-                    a_tile[m * L::lda + k] = at >= 0 && ci < s.cin ? x[at + ci * s.in_plane] : zero;
-                }
-                for (int e = tid; e < K * TILE_N; e += THREADS) {
-                    const int n = e % TILE_N, k = e / TILE_N;
-                    const I ci = ci0 + k, co = work.co0 + n;
-                    b_tile[k * L::ldb + n] = ci < s.cin && co < s.cout
-                        ? w_g[(ci * s.cout + co) * s.taps + tap] : zero;
-                }
+                stage<T, I>(x, w_g, s, work, x_at, tap, ci0, a_tile, b_tile, tid);
                 __syncthreads();
-                wmma::fragment<wmma::matrix_a, 16, 16, K, Operand, wmma::row_major> a[FRAGS_M];
-                wmma::fragment<wmma::matrix_b, 16, 16, K, Operand, wmma::row_major> b[FRAGS_N];
-#pragma unroll
-                for (int fm = 0; fm < FRAGS_M; ++fm) {
-                    wmma::load_matrix_sync(a[fm], a_tile + (warp_m * FRAGS_M + fm) * 16 * L::lda, L::lda);
-                    to_operand(a[fm], T());
-                }
-#pragma unroll
-                for (int fn = 0; fn < FRAGS_N; ++fn) {
-                    wmma::load_matrix_sync(b[fn], b_tile + (warp_n * FRAGS_N + fn) * 16, L::ldb);
-                    to_operand(b[fn], T());
-                }
-#pragma unroll
-                for (int fm = 0; fm < FRAGS_M; ++fm)
-#pragma unroll
-                    for (int fn = 0; fn < FRAGS_N; ++fn)
-                        wmma::mma_sync(acc[fm][fn], a[fm], b[fn], acc[fm][fn]);
+                multiply<T>(a_tile, b_tile, warp_m, warp_n, acc);
             }
         }
-
         // A phase without taps has nothing to reduce: its outputs are the bias.
         const bool reduced = work.phase_taps > 0;
-        if (reduced) {
-#pragma unroll
-            for (int fm = 0; fm < FRAGS_M; ++fm)
-#pragma unroll
-                for (int fn = 0; fn < FRAGS_N; ++fn)
-                    wmma::store_matrix_sync(
-                        c_tile + (warp_n * FRAGS_N + fn) * 16 * L::ldc + (warp_m * FRAGS_M + fm) * 16,
-                        acc[fm][fn], L::ldc, wmma::mem_col_major);
-        }
+        if (reduced) store_accumulators<T>(c_tile, acc, warp_m, warp_n);
         __syncthreads();
-        // Pixels fastest: neighbouring threads write neighbouring outputs of a phase.
-        for (int e = tid; e < TILE_M * TILE_N; e += THREADS) {
-            const int m = e % TILE_M, n = e / TILE_M;
-            const I at = y_at[m], co = work.co0 + n;
-            if (at < 0 || co >= s.cout) continue;
-            float v = reduced ? c_tile[n * L::ldc + m] : 0.0f;
-            if (bias != 0) v += to_acc(bias[work.group * s.cout + co]);
-            y[at + co * s.out_plane] = from_acc<T>(v);
-        }
+        write_outputs<T, I>(y, bias, s, work, y_at, c_tile, reduced, tid);
     }
 }
 

@@ -44,9 +44,15 @@ struct tf32 {};
 namespace detail {
 
 template <typename Use, int M, int N, int K> struct tile;
-template <int M, int N, int K> struct tile<matrix_a, M, N, K> { static constexpr int rows = M, cols = K; };
-template <int M, int N, int K> struct tile<matrix_b, M, N, K> { static constexpr int rows = K, cols = N; };
-template <int M, int N, int K> struct tile<accumulator, M, N, K> { static constexpr int rows = M, cols = N; };
+template <int M, int N, int K> struct tile<matrix_a, M, N, K> {
+    static constexpr int rows = M, cols = K;
+};
+template <int M, int N, int K> struct tile<matrix_b, M, N, K> {
+    static constexpr int rows = K, cols = N;
+};
+template <int M, int N, int K> struct tile<accumulator, M, N, K> {
+    static constexpr int rows = M, cols = N;
+};
 
 // What a fragment stores: TF32 operands are held as float.
 template <typename T> struct storage { typedef T type; };
