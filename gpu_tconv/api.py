@@ -33,11 +33,11 @@ _DOC = """{rank}-D transposed convolution ("deconvolution"), as PyTorch's ``{tor
             NumPy), ``"cuda"``, ``"numpy"`` or ``"emulated"`` (the CUDA source run on
             the CPU, for testing).
         precision: ``"highest"`` (default: float32 computed in float32) or ``"tf32"``
-            (float32 may run on TF32 tensor cores, as PyTorch's ``allow_tf32``: the
-            operands of each product are rounded to 10 mantissa bits, a relative error
-            of up to 2**-11 each, and summed in float32, so results differ from float32
-            by up to about 2**-10 of ``sum |x*w|``). It changes nothing for the other
-            dtypes.
+            (float32 as on TF32 tensor cores, PyTorch's ``allow_tf32``: on every
+            backend the operands of each product are rounded to 10 mantissa bits, a
+            relative error of up to 2**-11 each, and summed in float32, so results
+            differ from float32 by up to about 2**-10 of ``sum |x*w|``). It changes
+            nothing for the other dtypes.
 
     Returns:
         ``y`` of shape ``(N, C_out, {out})`` (or channels last) with, per spatial
@@ -152,9 +152,9 @@ def conv_transpose_backward(grad_output, x, weight, *, stride: IntOrTuple = 1,
     Returns ``(dx, dw, db)``, with ``None`` for each gradient not in ``needs``. The
     ``cuda`` and ``emulated`` backends run gather kernels, one thread per gradient
     element, with no atomics: deterministic bit for bit. ``precision`` is that of
-    :func:`conv_transpose` (``"tf32"``: the NumPy backend rounds the operands of the
-    products to TF32; the gradient kernels compute float32 in float32, within its
-    error); another value raises ``ValueError`` naming ``precision``.
+    :func:`conv_transpose` (``"tf32"``: the operands of the products, ``dy``, ``x`` and
+    ``weight``, are rounded to TF32 on every backend); another value raises
+    ``ValueError`` naming ``precision``.
     """
     return dispatch.conv_transpose_backward(grad_output, x, weight, stride, padding,
                                             output_padding, groups, dilation, backend,

@@ -18,6 +18,7 @@ from dataclasses import replace
 import numpy as np
 
 from . import launch
+from .formats import round_to_tf32, uses_tf32
 from .geometry import Geometry
 
 # CuPy's own default options (its include paths) are kept; these are added.
@@ -191,7 +192,8 @@ def conv_transpose(x, weight, bias, geometry: Geometry, device=None, *, variant:
     Operands may be CuPy arrays (on ``device``) or NumPy arrays; the result is a CuPy
     array on ``device`` when ``x`` is one, else a NumPy array. ``variant`` names the
     kernel variant (for tests and benchmarks; see :mod:`gpu_tconv.variants`);
-    ``precision="tf32"`` lets float32 run on TF32 tensor cores (the ``wmma`` variant).
+    ``precision="tf32"`` runs float32 with TF32 operands: on TF32 tensor cores (the
+    ``wmma`` variant), or rounded to TF32 before a CUDA-core variant.
     """
     cupy = _import_cupy()
     device = device if device is not None else cupy.cuda.Device()
@@ -222,15 +224,21 @@ def conv_transpose(x, weight, bias, geometry: Geometry, device=None, *, variant:
         else:
             chunk = batch_chunk(geometry.batch, in_sample + out_sample, 0, _free_bytes(cupy))
             y = np.empty(geometry.out_shape, x.dtype)
+        arch = int(device.compute_capability)
+        weights = {}  # the weight as each kind of kernel gets it (TF32-rounded or not)
         for n0 in range(0, geometry.batch, chunk):
             part = slice(n0, n0 + chunk)
             xs = cupy.ascontiguousarray(cupy.asarray(x[part]))
             sub = replace(geometry, batch=xs.shape[0])
             # A batch slice of a C-contiguous array is contiguous: the kernel writes into it.
             ys = y[part] if on_device else cupy.empty(sub.out_shape, x.dtype)
-            run_plan(launch.plan(sub, x.dtype, variant=variant, precision=precision,
-                                 arch=int(device.compute_capability)),
-                     (xs, weight, bias, ys), device)
+            plan = launch.plan(sub, x.dtype, variant=variant, precision=precision, arch=arch)
+            rounded = plan.variant != "wmma" and uses_tf32(x.dtype, precision)
+            if rounded not in weights:
+                weights[rounded] = round_to_tf32(weight, cupy) if rounded else weight
+            if rounded:
+                xs = round_to_tf32(xs, cupy)
+            run_plan(plan, (xs, weights[rounded], bias, ys), device)
             if not on_device:
                 ys.get(out=y[part])
     return y

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import (cuda_backend, emulated_backend, launch, numpy_backend, numpy_backward,
                numpy_formats)
-from .formats import bfloat16_dtype, check_precision
+from .formats import bfloat16_dtype, check_precision, round_to_tf32, uses_tf32
 from .geometry import IntOrTuple, Padding, check_dtypes, geometry_from_shapes
 
 logger = logging.getLogger("gpu_tconv")
@@ -149,10 +149,13 @@ def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, paddin
 NEEDS = ("input", "weight", "bias")
 
 
-def _kernel_gradients(xp, run, dy, x, weight, geometry, needs):
+def _kernel_gradients(xp, run, dy, x, weight, geometry, needs, precision="highest"):
     """Gradients from the gather kernels: ``run(plan, arrays)`` launches on the backend."""
     dtype = x.dtype
     dx = dw = db = None
+    dy_sum = dy
+    if uses_tf32(dtype, precision):
+        dy, x, weight = (round_to_tf32(a, xp) for a in (dy, x, weight))
     if "input" in needs:
         dx = xp.empty(x.shape, dtype)
         run(launch.plan(geometry, dtype, kind="grad_input"), (dy, weight, dx))
@@ -162,7 +165,7 @@ def _kernel_gradients(xp, run, dy, x, weight, geometry, needs):
     if "bias" in needs:
         axes = (0,) + tuple(range(1, 1 + geometry.rank) if geometry.channels_last
                             else range(2, 2 + geometry.rank))
-        db = dy.sum(axis=axes, dtype=numpy_backend.compute_dtype(dtype)).astype(dtype)
+        db = dy_sum.sum(axis=axes, dtype=numpy_backend.compute_dtype(dtype)).astype(dtype)
     return dx, dw, db
 
 
@@ -170,9 +173,9 @@ def conv_transpose_backward(grad_output, x, weight, stride: IntOrTuple, padding:
                             output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
                             backend: str, output_size=None, layout: str = "channels_first",
                             needs=NEEDS, precision: str = "highest"):
-    """Validate, choose the backend and compute the requested gradients. The gradient
-    kernels compute float32 in float32 whatever the precision (within TF32's error);
-    the NumPy backend rounds the operands to TF32 at ``precision="tf32"``."""
+    """Validate, choose the backend and compute the requested gradients; at
+    ``precision="tf32"`` every backend rounds the operands of the products (``dy``,
+    ``x``, ``weight``) of float32 to TF32 (the bias gradient, a plain sum, keeps ``dy``)."""
     check_backend_name(backend)
     check_precision(precision)
     needs = tuple(needs)
@@ -199,13 +202,14 @@ def conv_transpose_backward(grad_output, x, weight, stride: IntOrTuple, padding:
             moved = [cupy.ascontiguousarray(cupy.asarray(a)) for a in (grad_output, x, weight)]
             result = _kernel_gradients(
                 cupy, lambda plan, arrays: cuda_backend.run_plan(plan, arrays, device),
-                *moved, geometry, needs)
+                *moved, geometry, needs, precision)
         return tuple(r if r is None or on_device else r.get() for r in result)
 
     host = [np.ascontiguousarray(_to_host(a)) if name == "emulated" else _to_host(a)
             for a in (grad_output, x, weight)]
     if name == "emulated":
-        result = _kernel_gradients(np, emulated_backend.run_plan, *host, geometry, needs)
+        result = _kernel_gradients(np, emulated_backend.run_plan, *host, geometry, needs,
+                                   precision)
     else:
         result = numpy_formats.conv_transpose_backward(*host, geometry, needs, precision)
     if on_device:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import launch, variants
+from .formats import round_to_tf32, uses_tf32
 from .geometry import Geometry
 
 _EMULATOR_DIR = Path(__file__).resolve().parent / "emulator"
@@ -191,6 +192,16 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     weight = np.ascontiguousarray(weight)
     bias = None if bias is None else np.ascontiguousarray(bias)
     y = np.empty(geometry.out_shape, x.dtype)
-    run_plan(launch.plan(geometry, x.dtype, index_bits, variant, precision=precision),
-             (x, weight, bias, y))
+    plan = launch.plan(geometry, x.dtype, index_bits, variant, precision=precision)
+    x, weight = tf32_operands(plan, precision, x, weight)
+    run_plan(plan, (x, weight, bias, y))
     return y
+
+
+def tf32_operands(plan: launch.LaunchPlan, precision: str, *operands, xp=np):
+    """The operands of the products as ``plan``'s kernel must get them: rounded to TF32
+    for float32 at ``precision="tf32"`` when the kernel is not the tensor-core one (which
+    rounds its fragments itself), else as they are."""
+    if plan.variant == "wmma" or not operands or not uses_tf32(operands[0].dtype, precision):
+        return operands
+    return tuple(round_to_tf32(a, xp) for a in operands)

@@ -8,6 +8,9 @@
   ``allow_tf32``): each operand of a product is rounded to TF32 (8-bit exponent,
   10-bit mantissa: round to nearest, ties away from zero, on the 13 low mantissa
   bits, as ``cvt.rna.tf32.f32`` does) and the products are accumulated in float32.
+  Every backend and kernel computes it so: the tensor-core kernel rounds its
+  fragments, the others get operands rounded beforehand (:func:`round_to_tf32`), so
+  the result has the same error whichever kernel runs.
   ``"highest"`` (the default) keeps float32 exact to float32 rounding. The precision
   changes nothing for the other dtypes.
 """
@@ -54,11 +57,12 @@ def uses_tf32(dtype, precision: str) -> bool:
     return precision == "tf32" and np.dtype(dtype) == np.float32
 
 
-def round_to_tf32(a: np.ndarray) -> np.ndarray:
-    """float32 ``a`` rounded to TF32 (a new float32 array): to nearest, ties away from
-    zero, on the 13 low mantissa bits; NaN and infinities unchanged, values that round
-    past the largest float32 become infinite."""
-    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+def round_to_tf32(a, xp=np):
+    """float32 ``a`` rounded to TF32 (a new float32 array of the array module ``xp``,
+    NumPy or CuPy): to nearest, ties away from zero, on the 13 low mantissa bits; NaN
+    and infinities unchanged, values that round past the largest float32 become
+    infinite."""
+    bits = xp.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
     finite = (bits & np.uint32(0x7F800000)) != np.uint32(0x7F800000)
-    rounded = np.where(finite, (bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000), bits)
+    rounded = xp.where(finite, (bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000), bits)
     return rounded.astype(np.uint32).view(np.float32)

@@ -57,6 +57,25 @@ def test_tf32_on_the_numpy_backend_is_float32_math_on_rounded_operands():
         == gpu_tconv.conv_transpose2d(x64, w64, backend="numpy").tobytes()
 
 
+@pytest.mark.parametrize("variant", ["simple", "phase"])
+def test_tf32_on_the_cuda_core_kernels_is_float32_math_on_rounded_operands(variant):
+    g = geometry_from_shapes(X.shape, W.shape, stride=2)
+    y = emulated_backend.conv_transpose(X, W, None, g, variant=variant, precision="tf32")
+    same = emulated_backend.conv_transpose(formats.round_to_tf32(X), formats.round_to_tf32(W),
+                                           None, g, variant=variant)
+    assert y.tobytes() == same.tobytes()
+    assert y.tobytes() != emulated_backend.conv_transpose(X, W, None, g, variant=variant).tobytes()
+    dy = np.random.default_rng(65).standard_normal(y.shape).astype(np.float32)
+    grads = gpu_tconv.conv_transpose_backward(dy, X, W, stride=2, precision="tf32",
+                                              backend="emulated")
+    rounded = gpu_tconv.conv_transpose_backward(
+        formats.round_to_tf32(dy), formats.round_to_tf32(X), formats.round_to_tf32(W),
+        stride=2, backend="emulated")
+    for got, want in zip(grads[:2], rounded[:2]):
+        assert got.tobytes() == want.tobytes()
+    np.testing.assert_allclose(grads[2], dy.sum(axis=(0, 2, 3)), rtol=1e-6)
+
+
 def _bound_check(y, p: Problem):
     """bfloat16 result: within one bfloat16 rounding (2**-8) of the exact sum of its
     inputs, plus float32 accumulation."""
