@@ -72,8 +72,8 @@ def test_a_whole_run_on_a_stand_in_device(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "cupy", stand_in_cupy)
     monkeypatch.setattr(cuda_backend, "unavailable_reason", lambda: None)
     monkeypatch.setattr(cuda_backend, "conv_transpose",
-                        lambda x, w, b, g, variant: emulated_backend.conv_transpose(
-                            x, w, b, g, variant=variant))
+                        lambda x, w, b, g, variant, **kw: emulated_backend.conv_transpose(
+                            x, w, b, g, variant=variant, **kw))
     monkeypatch.setattr(bench_gpu, "_import_torch_cuda", lambda: (torch, None))
     monkeypatch.setattr(bench_gpu, "all_configs", lambda: [
         Config("tiny DCGAN-like k4 s2 p1", (2, 9, 5, 6), (9, 5, 4, 4), dict(stride=2, padding=1)),
