@@ -12,7 +12,8 @@ _DOC = """{rank}-D transposed convolution ("deconvolution"), as PyTorch's ``{tor
     Args:
         x: input, ``(N, C_in, {spatial})``, or ``(N, {spatial}, C_in)`` with
             ``layout="channels_last"``; NumPy or CuPy (or any array with
-            ``__cuda_array_interface__`` or ``__dlpack__``), float16/32/64.
+            ``__cuda_array_interface__`` or ``__dlpack__``), float16/32/64 or bfloat16
+            (``ml_dtypes.bfloat16``).
         weight: ``(C_in, C_out/groups, {kernel})`` in either layout, same dtype as ``x``.
         bias: ``(C_out,)`` or ``None``.
         stride, output_padding, dilation: an int or one int per spatial dimension.
@@ -36,16 +37,23 @@ _DOC = """{rank}-D transposed convolution ("deconvolution"), as PyTorch's ``{tor
             (``"simple"``, ``"phase"``, ...), on the ``cuda`` and ``emulated`` backends;
             the ``numpy`` backend has no kernels and ignores it. An unknown name, or one
             that cannot run this shape, is a ``ValueError``.
+        precision: ``"highest"`` (default: float32 computed in float32) or ``"tf32"``
+            (float32 as on TF32 tensor cores, PyTorch's ``allow_tf32``: on every
+            backend the operands of each product are rounded to 10 mantissa bits, a
+            relative error of up to 2**-11 each, and summed in float32, so results
+            differ from float32 by up to about 2**-10 of ``sum |x*w|``). It changes
+            nothing for the other dtypes.
 
     Returns:
         ``y`` of shape ``(N, C_out, {out})`` (or channels last) with, per spatial
         dimension, ``out = (in-1)*stride - padding_low - padding_high + dilation*(k-1)
         + output_padding + 1``; the dtype of ``x``; NumPy for host input, CuPy on the
-        device of ``x`` for device input. float16 is accumulated in float32.
+        device of ``x`` for device input. float16 and bfloat16 are accumulated in
+        float32 and rounded once.
 
     Raises:
-        ValueError, TypeError: for invalid shapes, dtypes or parameters, naming the
-            parameter, before any work is done.
+        ValueError, TypeError: for invalid shapes, dtypes or parameters (``precision``
+            included), naming the parameter, before any work is done.
         RuntimeError: if ``backend`` names a backend that cannot run here, saying why.
     """
 
@@ -53,40 +61,40 @@ _DOC = """{rank}-D transposed convolution ("deconvolution"), as PyTorch's ``{tor
 def conv_transpose(x, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0,
                    output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
                    *, output_size: Sequence[int] | None = None, layout: str = "channels_first",
-                   backend: str = "auto", variant: str = "auto"):
+                   backend: str = "auto", variant: str = "auto", precision: str = "highest"):
     return dispatch.conv_transpose(None, x, weight, bias, stride, padding, output_padding,
                                    groups, dilation, backend, output_size, layout,
-                                   variant=variant)
+                                   variant=variant, precision=precision)
 
 
 def conv_transpose1d(x, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0,
                      output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
                      *, output_size: Sequence[int] | None = None,
                      layout: str = "channels_first", backend: str = "auto",
-                     variant: str = "auto"):
+                     variant: str = "auto", precision: str = "highest"):
     return dispatch.conv_transpose(1, x, weight, bias, stride, padding, output_padding,
                                    groups, dilation, backend, output_size, layout,
-                                   variant=variant)
+                                   variant=variant, precision=precision)
 
 
 def conv_transpose2d(x, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0,
                      output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
                      *, output_size: Sequence[int] | None = None,
                      layout: str = "channels_first", backend: str = "auto",
-                     variant: str = "auto"):
+                     variant: str = "auto", precision: str = "highest"):
     return dispatch.conv_transpose(2, x, weight, bias, stride, padding, output_padding,
                                    groups, dilation, backend, output_size, layout,
-                                   variant=variant)
+                                   variant=variant, precision=precision)
 
 
 def conv_transpose3d(x, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0,
                      output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
                      *, output_size: Sequence[int] | None = None,
                      layout: str = "channels_first", backend: str = "auto",
-                     variant: str = "auto"):
+                     variant: str = "auto", precision: str = "highest"):
     return dispatch.conv_transpose(3, x, weight, bias, stride, padding, output_padding,
                                    groups, dilation, backend, output_size, layout,
-                                   variant=variant)
+                                   variant=variant, precision=precision)
 
 
 def document_ranks(template: str, generic, rank1, rank2, rank3) -> None:
@@ -134,7 +142,7 @@ def conv_transpose_backward(grad_output, x, weight, *, stride: IntOrTuple = 1,
                             output_size: Sequence[int] | None = None,
                             layout: str = "channels_first",
                             needs: Sequence[str] = ("input", "weight", "bias"),
-                            backend: str = "auto"):
+                            backend: str = "auto", precision: str = "highest"):
     """Gradients of ``y = conv_transpose(x, weight, bias, ...)`` given ``dy = grad_output``.
 
     Parameters are those of :func:`conv_transpose` (the rank is ``weight.ndim - 2``);
@@ -148,11 +156,14 @@ def conv_transpose_backward(grad_output, x, weight, *, stride: IntOrTuple = 1,
 
     Returns ``(dx, dw, db)``, with ``None`` for each gradient not in ``needs``. The
     ``cuda`` and ``emulated`` backends run gather kernels, one thread per gradient
-    element, with no atomics: deterministic bit for bit.
+    element, with no atomics: deterministic bit for bit. ``precision`` is that of
+    :func:`conv_transpose` (``"tf32"``: the operands of the products, ``dy``, ``x`` and
+    ``weight``, are rounded to TF32 on every backend); another value raises
+    ``ValueError`` naming ``precision``.
     """
     return dispatch.conv_transpose_backward(grad_output, x, weight, stride, padding,
                                             output_padding, groups, dilation, backend,
-                                            output_size, layout, needs)
+                                            output_size, layout, needs, precision=precision)
 
 
 def available_backends() -> list[str]:

@@ -58,6 +58,21 @@ DTYPES = ("float32", "float16")
 PEERS = ("torch", "torch_deterministic", "torch_no_tf32", "gemm_col2im")
 #: Peers that may round float32 inputs to TF32 (PyTorch's default for cuDNN).
 TF32_PEERS = ("torch", "torch_deterministic")
+#: Rows on request (``--dtypes``): bfloat16 arrays, and float32 at precision="tf32".
+EXTRA_DTYPES = ("bfloat16", "tf32")
+
+
+def array_dtype_and_precision(name: str):
+    """The arrays' dtype and the ``precision=`` of a row's dtype name."""
+    if name == "tf32":
+        return np.dtype(np.float32), "tf32"
+    if name == "bfloat16":
+        from .formats import bfloat16_dtype
+
+        return bfloat16_dtype(), "highest"
+    return np.dtype(name), "highest"
+
+
 # FP32 lanes per SM by compute capability (CUDA C programming guide, throughput table).
 _FP32_LANES = {(7, 5): 64, (8, 0): 64}
 _DEFAULT_FP32_LANES = 128
@@ -83,7 +98,9 @@ def tolerance(method: str, dtype: str) -> float:
     reference: fp32 rounding is about 1e-6 there, while a tap dropped at the border
     costs ~1e-2 of a small border output; float16 rounds its result at 2**-11; TF32
     rounds inputs at 2**-11."""
-    if dtype == "float16":
+    if dtype == "bfloat16":  # 8 significant bits: inputs and result round at 2**-9
+        return 2e-2
+    if dtype in ("float16", "tf32"):
         return 5e-3
     return 5e-3 if method in TF32_PEERS else 1e-4
 
@@ -179,21 +196,23 @@ class Runner:
     PyTorch's device, and what to free between rows."""
 
     xp: object
-    kernel: Callable  # (x, w, geometry, variant) -> y
+    kernel: Callable  # (x, w, geometry, variant, precision) -> y
     time_ms: Callable[[Callable[[], object], int], float]
     torch_device: str
     release: Callable[[], None]
 
 
 def gpu_runner(cupy) -> Runner:
-    return Runner(cupy, lambda x, w, g, v: cuda_backend.conv_transpose(x, w, None, g, variant=v),
+    return Runner(cupy, lambda x, w, g, v, p: cuda_backend.conv_transpose(x, w, None, g, variant=v,
+                                                                     precision=p),
                   lambda fn, repeats: gpu_time_ms(fn, repeats, cupy), "cuda",
                   lambda: cupy.get_default_memory_pool().free_all_blocks())
 
 
 def rehearsal_runner() -> Runner:
     """The kernels on the emulated backend, PyTorch on the CPU, the wall clock."""
-    return Runner(np, lambda x, w, g, v: emulated_backend.conv_transpose(x, w, None, g, variant=v),
+    return Runner(np, lambda x, w, g, v, p: emulated_backend.conv_transpose(
+                      x, w, None, g, variant=v, precision=p),
                   wall_time_ms, "cpu", lambda: None)
 
 
@@ -228,8 +247,9 @@ def _runners(config: Config, g: Geometry, x, w, torch, names: list[str], runner:
     runners = {}
     for name in names:
         try:
-            variants.VARIANTS[name].check(g, x.dtype)
-            runners[name] = (lambda v=name: runner.kernel(x, w, g, v))
+            precision = array_dtype_and_precision(config.dtype)[1]
+            variants.VARIANTS[name].check(g, x.dtype, precision)
+            runners[name] = (lambda v=name, p=precision: runner.kernel(x, w, g, v, p))
         except ValueError as error:
             runners[name] = str(error)
     if torch is not None:
@@ -281,14 +301,15 @@ def measure(config: Config, names: list[str], repeats: int, runner: Runner, torc
     xp = runner.xp
     g = geometry_from_shapes(config.x, config.weight, **config.params)
     rng = xp.random.default_rng(0)
-    x = rng.standard_normal(config.x, dtype=np.float32).astype(config.dtype)
+    dtype, precision = array_dtype_and_precision(config.dtype)
+    x = rng.standard_normal(config.x, dtype=np.float32).astype(dtype)
     w = (rng.standard_normal(config.weight, dtype=np.float32)
-         / math.sqrt(g.c_in_per_group * math.prod(g.kernel))).astype(config.dtype)
+         / math.sqrt(g.c_in_per_group * math.prod(g.kernel))).astype(dtype)
     row = {"name": config.name, "dtype": config.dtype, "x": config.x, "weight": config.weight,
            "params": config.params, "flops": g.flops,
            "bytes": (x.size + w.size + math.prod(g.out_shape)) * x.itemsize,
-           "heuristic": variants.choose(g, x.dtype), "ms": {}, "skipped": {}, "max_rel_diff": {},
-           "tolerance": {}}
+           "heuristic": variants.choose(g, x.dtype, precision), "ms": {}, "skipped": {},
+           "max_rel_diff": {}, "tolerance": {}}
     expected = reference(config, g, x, w, torch, xp)
     for method, run in _runners(config, g, x, w, torch, names, runner).items():
         if isinstance(run, str):
@@ -456,8 +477,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The GPU benchmark's own flags (with ``bench_cpu.add_arguments``' shared ones)."""
     parser.add_argument("--variants", nargs="+", metavar="NAME", choices=list(variants.VARIANTS),
                         default=None, help="GPU: the kernel variants to time (default: all)")
-    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES),
-                        help="GPU: the element types (default: float32 float16)")
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES + EXTRA_DTYPES,
+                        default=list(DTYPES),
+                        help="GPU: the element types (default: float32 float16; also "
+                             "bfloat16, and tf32: float32 at precision='tf32')")
     parser.add_argument("--rehearse", action="store_true",
                         help="GPU: without a GPU, run the whole benchmark at tiny sizes on the "
                              "emulated backend against PyTorch on the CPU")
@@ -475,7 +498,8 @@ def compile_ahead(configs: list[Config], dtypes: list[str], names: list[str],
         for dtype in dtypes:
             for name in names:
                 try:
-                    plan = launch.plan(g, np.dtype(dtype), variant=name)
+                    array_dtype, precision = array_dtype_and_precision(dtype)
+                    plan = launch.plan(g, array_dtype, variant=name, precision=precision)
                 except ValueError:
                     continue  # the row records why
                 futures.setdefault((config.name, dtype), []).append(

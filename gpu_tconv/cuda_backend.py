@@ -19,6 +19,7 @@ from dataclasses import replace
 import numpy as np
 
 from . import launch
+from .formats import round_to_tf32, uses_tf32
 from .geometry import Geometry
 
 # CuPy's own default options (its include paths) are kept; these are added.
@@ -27,6 +28,7 @@ COMPILE_OPTIONS = ("--std=c++17",)
 # What provides each piece of the run-time compiler, for error messages.
 _NVRTC_PACKAGE = "nvidia-cuda-nvrtc==13.*"
 _HEADERS_PACKAGE = "nvidia-cuda-runtime==13.*"
+_MMA_PACKAGE = "nvidia-cuda-crt==13.*"  # crt/mma.h, behind <mma.h> (tensor cores)
 
 
 def _import_cupy():
@@ -114,7 +116,9 @@ def is_device_array(a) -> bool:
 def explain_compile_error(error: BaseException) -> RuntimeError:
     """A compile or load failure turned into an error that says what to do about it."""
     text = str(error)
-    if "cuda_fp16.h" in text:
+    if "crt/mma.h" in text:
+        hint = f"the tensor-core (WMMA) headers are missing: pip install {_MMA_PACKAGE}"
+    elif "cuda_fp16.h" in text or "cuda_bf16.h" in text:
         hint = f"the CUDA headers are missing: pip install {_HEADERS_PACKAGE}"
     elif "nvrtc" in text.lower() and any(w in text.lower() for w in
                                          ("not found", "cannot open", "no such file",
@@ -216,12 +220,15 @@ def _make_room(cupy, wanted: int) -> None:
         sys.modules["torch"].cuda.empty_cache()
 
 
-def conv_transpose(x, weight, bias, geometry: Geometry, device=None, *, variant: str = "auto"):
+def conv_transpose(x, weight, bias, geometry: Geometry, device=None, *, variant: str = "auto",
+                   precision: str = "highest"):
     """CUDA twin of :func:`gpu_tconv.numpy_backend.conv_transpose`.
 
     Operands may be CuPy arrays (on ``device``) or NumPy arrays; the result is a CuPy
     array on ``device`` when ``x`` is one, else a NumPy array. ``variant`` names the
-    kernel variant (for tests and benchmarks; see :mod:`gpu_tconv.variants`).
+    kernel variant (for tests and benchmarks; see :mod:`gpu_tconv.variants`);
+    ``precision="tf32"`` runs float32 with TF32 operands: on TF32 tensor cores (the
+    ``wmma`` variant), or rounded to TF32 before a CUDA-core variant.
     """
     cupy = _import_cupy()
     device = device if device is not None else cupy.cuda.Device()
@@ -255,13 +262,21 @@ def conv_transpose(x, weight, bias, geometry: Geometry, device=None, *, variant:
             chunk = batch_chunk(geometry.batch, in_sample + out_sample, 0, _free_bytes(cupy))
             _make_room(cupy, chunk * (in_sample + out_sample))
             y = np.empty(geometry.out_shape, x.dtype)
+        arch = int(device.compute_capability)
+        weights = {}  # the weight as each kind of kernel gets it (TF32-rounded or not)
         for n0 in range(0, geometry.batch, chunk):
             part = slice(n0, n0 + chunk)
             xs = cupy.ascontiguousarray(cupy.asarray(x[part]))
             sub = replace(geometry, batch=xs.shape[0])
             # A batch slice of a C-contiguous array is contiguous: the kernel writes into it.
             ys = y[part] if on_device else cupy.empty(sub.out_shape, x.dtype)
-            run_plan(launch.plan(sub, x.dtype, variant=variant), (xs, weight, bias, ys), device)
+            plan = launch.plan(sub, x.dtype, variant=variant, precision=precision, arch=arch)
+            rounded = plan.variant != "wmma" and uses_tf32(x.dtype, precision)
+            if rounded not in weights:
+                weights[rounded] = round_to_tf32(weight, cupy) if rounded else weight
+            if rounded:
+                xs = round_to_tf32(xs, cupy)
+            run_plan(plan, (xs, weights[rounded], bias, ys), device)
             if not on_device:
                 ys.get(out=y[part])
     return y

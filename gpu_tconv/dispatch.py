@@ -13,13 +13,17 @@ import logging
 
 import numpy as np
 
-from . import cuda_backend, emulated_backend, launch, numpy_backend, numpy_backward, variants
+from . import (cuda_backend, emulated_backend, launch, numpy_backend, numpy_backward,
+               numpy_formats, variants)
+from .formats import bfloat16_dtype, check_precision, round_to_tf32, uses_tf32
 from .geometry import IntOrTuple, Padding, check_dtypes, geometry_from_shapes
 
 logger = logging.getLogger("gpu_tconv")
 
 BACKENDS = ("auto", "cuda", "numpy", "emulated")
-_HOST_BACKENDS = {"numpy": numpy_backend.conv_transpose,
+# Each takes (x, weight, bias, geometry, precision=...); bfloat16 and TF32 reach the
+# NumPy backend through numpy_formats' conversions.
+_HOST_BACKENDS = {"numpy": numpy_formats.conv_transpose,
                   "emulated": emulated_backend.conv_transpose}
 
 
@@ -78,6 +82,9 @@ def _as_array(a):
         a = a.detach()
     if a is None or cuda_backend.is_device_array(a) or isinstance(a, np.ndarray):
         return a
+    if (type(a).__module__.startswith("torch")
+            and str(getattr(a, "dtype", "")) == "torch.bfloat16"):
+        return _torch_bfloat16(a)
     if hasattr(a, "__dlpack__") and hasattr(a, "__dlpack_device__"):
         device_type = int(a.__dlpack_device__()[0])
         if device_type == _DLPACK_CPU:
@@ -109,6 +116,19 @@ def _operand(a, name: str, optional: bool = False):
     return array
 
 
+def _torch_bfloat16(t):
+    """A PyTorch bfloat16 tensor as an ``ml_dtypes.bfloat16`` view (NumPy for CPU, CuPy
+    for CUDA), through its bits: neither NumPy nor every CuPy takes bfloat16 by DLPack."""
+    import sys
+
+    bits = t.detach().view(sys.modules["torch"].int16)
+    if bits.is_cuda:
+        import cupy
+
+        return cupy.from_dlpack(bits).view(bfloat16_dtype())
+    return bits.numpy().view(bfloat16_dtype())
+
+
 def _to_host(a):
     return a.get() if cuda_backend.is_device_array(a) else a
 
@@ -124,7 +144,7 @@ def _to_device(a, device):
 def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, padding: Padding,
                    output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
                    backend: str, output_size=None, layout: str = "channels_first",
-                   variant: str = "auto"):
+                   variant: str = "auto", precision: str = "highest"):
     """Validate, choose the backend and run; ``rank=None`` takes it from ``weight``.
 
     ``variant`` picks the kernel of the ``cuda`` and ``emulated`` backends (see
@@ -132,6 +152,7 @@ def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, paddin
     (an unknown name is refused everywhere).
     """
     check_backend_name(backend)
+    check_precision(precision)
     variants.check_name(variant)
     x, weight, bias = _operand(x, "x"), _operand(weight, "weight"), _operand(bias, "bias", True)
     dtype = check_dtypes(x, weight, bias)
@@ -142,25 +163,29 @@ def conv_transpose(rank: int | None, x, weight, bias, stride: IntOrTuple, paddin
     x_on_device = cuda_backend.is_device_array(x)
     device = x.device if x_on_device else None
     if name in ("cuda", "emulated"):
-        variants.resolve(variant, geometry, dtype)  # an inapplicable variant: before any work
+        # An inapplicable variant is refused before any work.
+        variants.resolve(variant, geometry, dtype, precision=precision)
 
     if name == "cuda":
-        return cuda_backend.conv_transpose(x, weight, bias, geometry, device, variant=variant)
+        return cuda_backend.conv_transpose(x, weight, bias, geometry, device, variant=variant,
+                                           precision=precision)
 
     x, weight, bias = _to_host(x), _to_host(weight), _to_host(bias)
     if geometry.batch == 0:
         y = np.empty(geometry.out_shape, dtype)
     elif name == "emulated":
-        y = emulated_backend.conv_transpose(x, weight, bias, geometry, variant=variant)
+        y = emulated_backend.conv_transpose(x, weight, bias, geometry, variant=variant,
+                                            precision=precision)
     else:
-        y = _HOST_BACKENDS[name](x, weight, bias, geometry)
+        y = _HOST_BACKENDS[name](x, weight, bias, geometry, precision=precision)
     return _to_device(y, device) if x_on_device else y
 
 
 NEEDS = ("input", "weight", "bias")
 
 
-def _kernel_gradients(xp, run, dy, x, weight, geometry, needs, empty=None):
+def _kernel_gradients(xp, run, dy, x, weight, geometry, needs, precision="highest",
+                      empty=None):
     """Gradients from the gather kernels: ``run(plan, arrays)`` launches on the backend.
 
     ``empty(shape, dtype) -> array`` allocates the gradients and every temporary (the
@@ -173,6 +198,9 @@ def _kernel_gradients(xp, run, dy, x, weight, geometry, needs, empty=None):
     empty = xp.empty if empty is None else empty
     dtype = x.dtype
     dx = dw = db = None
+    dy_sum = dy
+    if uses_tf32(dtype, precision):
+        dy, x, weight = (round_to_tf32(a, xp) for a in (dy, x, weight))
     if "input" in needs:
         dx = empty(x.shape, dtype)
         run(launch.plan(geometry, dtype, kind="grad_input"), (dy, weight, dx))
@@ -190,16 +218,19 @@ def _kernel_gradients(xp, run, dy, x, weight, geometry, needs, empty=None):
         axes = (0,) + tuple(range(1, 1 + geometry.rank) if geometry.channels_last
                             else range(2, 2 + geometry.rank))
         db = empty((geometry.c_out,), dtype)
-        db[...] = dy.sum(axis=axes, dtype=numpy_backend.compute_dtype(dtype))
+        db[...] = dy_sum.sum(axis=axes, dtype=numpy_backend.compute_dtype(dtype))
     return dx, dw, db
 
 
 def conv_transpose_backward(grad_output, x, weight, stride: IntOrTuple, padding: Padding,
                             output_padding: IntOrTuple, groups: int, dilation: IntOrTuple,
                             backend: str, output_size=None, layout: str = "channels_first",
-                            needs=NEEDS):
-    """Validate, choose the backend and compute the requested gradients."""
+                            needs=NEEDS, precision: str = "highest"):
+    """Validate, choose the backend and compute the requested gradients; at
+    ``precision="tf32"`` every backend rounds the operands of the products (``dy``,
+    ``x``, ``weight``) of float32 to TF32 (the bias gradient, a plain sum, keeps ``dy``)."""
     check_backend_name(backend)
+    check_precision(precision)
     needs = tuple(needs)
     if not set(needs) <= set(NEEDS):
         raise ValueError(f"needs must be a subset of {NEEDS}, got {needs}")
@@ -225,15 +256,16 @@ def conv_transpose_backward(grad_output, x, weight, stride: IntOrTuple, padding:
             moved = [cupy.ascontiguousarray(cupy.asarray(a)) for a in (grad_output, x, weight)]
             result = _kernel_gradients(
                 cupy, lambda plan, arrays: cuda_backend.run_plan(plan, arrays, device),
-                *moved, geometry, needs)
+                *moved, geometry, needs, precision)
         return tuple(r if r is None or on_device else r.get() for r in result)
 
     host = [np.ascontiguousarray(_to_host(a)) if name == "emulated" else _to_host(a)
             for a in (grad_output, x, weight)]
     if name == "emulated":
-        result = _kernel_gradients(np, emulated_backend.run_plan, *host, geometry, needs)
+        result = _kernel_gradients(np, emulated_backend.run_plan, *host, geometry, needs,
+                                   precision)
     else:
-        result = numpy_backward.conv_transpose_backward(*host, geometry, needs)
+        result = numpy_formats.conv_transpose_backward(*host, geometry, needs, precision)
     if on_device:
         return tuple(None if r is None else _to_device(r, x.device) for r in result)
     return result

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import launch
+from . import launch, variants
+from .formats import round_to_tf32, uses_tf32
 from .geometry import Geometry
 
 _EMULATOR_DIR = Path(__file__).resolve().parent / "emulator"
@@ -57,8 +58,11 @@ def _kernel_command(kernel: str, source: Path, defines: launch.Defines, output: 
                     sanitize: bool) -> list[str]:
     # No strict aliasing: the kernels load pairs of elements through vector types, the
     # way CUDA code does.
+    # -fdata-sections and the linker script gather the __shared__ arrays into one range
+    # that the launcher fills with garbage before each block (see cuda_shim.h).
     return [
         compiler(), "-std=c++17", "-fno-strict-aliasing", "-O2", "-shared", "-fPIC", "-w",
+        "-fdata-sections", f"-Wl,-T,{_EMULATOR_DIR / 'shared_memory.ld'}",
         *(_SANITIZE_FLAGS if sanitize else ()),
         f"-I{_EMULATOR_DIR / 'include'}", "-include", str(_EMULATOR_DIR / "cuda_shim.h"),
         *(f"-D{name}={value}" for name, value in defines),
@@ -107,7 +111,8 @@ def _built(command, inputs: list[Path]) -> ctypes.CDLL:
 
 
 _EMULATOR_FILES = [_EMULATOR_DIR / "cuda_shim.h", _EMULATOR_DIR / "launcher.cpp",
-                   _EMULATOR_DIR / "include" / "cuda_fp16.h"]
+                   _EMULATOR_DIR / "shared_memory.ld",
+                   *sorted((_EMULATOR_DIR / "include").glob("*.h"))]
 
 
 @functools.lru_cache(maxsize=None)
@@ -124,7 +129,16 @@ def _library(source_name: str, kernel: str, defines: launch.Defines,
     library.gpu_tconv_launch.argtypes = ([ctypes.c_uint] * 6
                                          + [ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint,
                                             ctypes.c_void_p])
+    library.gpu_tconv_static_shared_bytes.restype = ctypes.c_ulong
+    library.gpu_tconv_static_shared_bytes.argtypes = []
     return library
+
+
+def static_shared_bytes(plan: launch.LaunchPlan) -> int:
+    """The static shared memory that ``plan``'s kernel declares, as built for the CPU
+    (its ``__shared__`` arrays with their alignment padding)."""
+    return int(_library(plan.source, plan.kernel, plan.defines, False)
+               .gpu_tconv_static_shared_bytes())
 
 
 @functools.lru_cache(maxsize=None)
@@ -152,7 +166,15 @@ def run_plan(plan: launch.LaunchPlan, arrays: tuple[np.ndarray | int | None, ...
     sanitize = os.environ.get("GPU_TCONV_EMULATOR_SANITIZE", "") not in ("", "0")
     library = _library(plan.source, plan.kernel, plan.defines, sanitize)
     runner = _block_threads_runner(sanitize) if plan.block_sync else None
+    if not sanitize and library.gpu_tconv_static_shared_bytes() > variants.MAX_STATIC_SHARED_BYTES:
+        raise ValueError(f"{plan.kernel} declares {library.gpu_tconv_static_shared_bytes()} "
+                         f"bytes of static shared memory, more than a GPU allows "
+                         f"({variants.MAX_STATIC_SHARED_BYTES})")
     status = library.gpu_tconv_launch(*plan.grid, *plan.block, args, first_block, runner)
+    if status == 2:
+        raise RuntimeError(f"{plan.kernel} broke a WMMA rule (a fragment pointer not 256-bit "
+                           "aligned or a leading dimension not a multiple of 16 bytes): "
+                           "a GPU would compute garbage or fault")
     if status != 0:
         raise RuntimeError(f"{plan.kernel} called __syncthreads() under the sequential "
                            "runner, so its result is meaningless: its plan must set block_sync")
@@ -160,14 +182,26 @@ def run_plan(plan: launch.LaunchPlan, arrays: tuple[np.ndarray | int | None, ...
 
 def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                    geometry: Geometry, *, index_bits: int | None = None,
-                   variant: str = "auto") -> np.ndarray:
+                   variant: str = "auto", precision: str = "highest") -> np.ndarray:
     """Emulated twin of :func:`gpu_tconv.cuda_backend.conv_transpose` (NumPy arrays).
 
-    ``variant`` names the kernel variant (for tests; see :mod:`gpu_tconv.variants`).
+    ``variant`` names the kernel variant (for tests; see :mod:`gpu_tconv.variants`);
+    ``precision="tf32"`` lets float32 run on the (emulated) TF32 tensor cores.
     """
     x = np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
     bias = None if bias is None else np.ascontiguousarray(bias)
     y = np.empty(geometry.out_shape, x.dtype)
-    run_plan(launch.plan(geometry, x.dtype, index_bits, variant), (x, weight, bias, y))
+    plan = launch.plan(geometry, x.dtype, index_bits, variant, precision=precision)
+    x, weight = tf32_operands(plan, precision, x, weight)
+    run_plan(plan, (x, weight, bias, y))
     return y
+
+
+def tf32_operands(plan: launch.LaunchPlan, precision: str, *operands, xp=np):
+    """The operands of the products as ``plan``'s kernel must get them: rounded to TF32
+    for float32 at ``precision="tf32"`` when the kernel is not the tensor-core one (which
+    rounds its fragments itself), else as they are."""
+    if plan.variant == "wmma" or not operands or not uses_tf32(operands[0].dtype, precision):
+        return operands
+    return tuple(round_to_tf32(a, xp) for a in operands)

@@ -14,13 +14,16 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from .formats import is_bfloat16
+
 IntOrTuple = Union[int, Sequence[int]]
 #: An int, one int per dimension, one ``(low, high)`` pair per dimension, or a mode.
 Padding = Union[int, str, Sequence[Union[int, Sequence[int]]]]
 PADDING_MODES = ("same", "valid")
 LAYOUTS = ("channels_first", "channels_last")
 
-#: Element types the kernels are instantiated for.
+#: Element types the kernels are instantiated for; bfloat16 (``ml_dtypes.bfloat16``,
+#: recognized by :func:`gpu_tconv.formats.is_bfloat16`) too.
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 # Sizes are computed with 64-bit integers on every backend; anything near that range is
@@ -287,8 +290,8 @@ def geometry_from_shapes(x_shape: Sequence[int], weight_shape: Sequence[int],
 def check_dtypes(x, weight, bias) -> np.dtype:
     """The common floating dtype of the operands, or a ``TypeError`` naming the culprit."""
     dtype = np.dtype(x.dtype)
-    if dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"x must be float16, float32 or float64, got {dtype}")
+    if dtype not in SUPPORTED_DTYPES and not is_bfloat16(dtype):
+        raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {dtype}")
     for name, a in (("weight", weight), ("bias", bias)):
         if a is not None and np.dtype(a.dtype) != dtype:
             raise TypeError(f"{name} must have the dtype of x ({dtype}), got {np.dtype(a.dtype)}")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import variants
+from . import launch_limits, variants
+from .formats import bfloat16_dtype, is_bfloat16
 from .geometry import Geometry
 from .variants import padded as _padded  # every rank runs as 3-D
 
@@ -39,9 +40,33 @@ GRAD_WEIGHT_THREADS = 1 << 18
 #: gradient: a shorter chunk would move more partial sums than it saves in time.
 GRAD_WEIGHT_MIN_CHUNK = 256
 
+
+class _CTypes(dict):
+    """Kernel template argument for each element type. ``C_TYPES[bfloat16]`` is
+    ``"__nv_bfloat16"`` without ``ml_dtypes`` being imported to know it (only ``[]``
+    looks it up: iterate over :func:`kernel_dtypes` for every type)."""
+
+    def __missing__(self, dtype):
+        if is_bfloat16(dtype):
+            return BFLOAT16_C_TYPE
+        raise KeyError(dtype)
+
+
+BFLOAT16_C_TYPE = "__nv_bfloat16"
 #: Kernel template argument for each element type.
-C_TYPES = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float",
-           np.dtype(np.float64): "double"}
+C_TYPES = _CTypes({np.dtype(np.float16): "__half", np.dtype(np.float32): "float",
+                   np.dtype(np.float64): "double"})
+
+
+def kernel_dtypes() -> list[np.dtype]:
+    """Every element type the kernels are instantiated for: bfloat16 too where
+    ``ml_dtypes`` is installed (it is imported here)."""
+    try:
+        return list(C_TYPES) + [bfloat16_dtype()]
+    except RuntimeError:
+        return list(C_TYPES)
+
+
 #: Kernel template argument and NumPy scalar type for each index width.
 INDEX_TYPES = {32: ("int", np.int32), 64: ("long long", np.int64)}
 
@@ -82,7 +107,7 @@ def kernel_expression(dtype: np.dtype, index_bits: int, name: str = FORWARD_KERN
 def all_kernel_expressions(name: str = FORWARD_KERNEL) -> list[str]:
     """Every instantiation of one kernel template (for compile checks)."""
     layouts = (False, True) if name in LAYOUT_TEMPLATED else (False,)
-    return [kernel_expression(d, b, name, cl) for d in C_TYPES for b in INDEX_TYPES
+    return [kernel_expression(d, b, name, cl) for d in kernel_dtypes() for b in INDEX_TYPES
             for cl in layouts]
 
 
@@ -144,6 +169,8 @@ class LaunchPlan:
     shared_bytes: int = 0
     block_sync: bool = False
     variant: str = "simple"
+    #: Shared memory the kernel declares statically (its ``__shared__`` arrays), bytes.
+    static_shared_bytes: int = 0
 
 
 def _tap_inverse(stride: int, dilation: int) -> tuple[int, int]:
@@ -187,7 +214,8 @@ def grad_weight_split(g: Geometry) -> tuple[int, int]:
 
 
 def plan(geometry: Geometry, dtype: np.dtype, index_bits: int | None = None,
-         variant: str = "auto", kind: str = "forward") -> LaunchPlan:
+         variant: str = "auto", kind: str = "forward",
+         precision: str = "highest", arch: int | None = None) -> LaunchPlan:
     """Describe the launch of one kernel for ``geometry``.
 
     ``kind`` is ``"forward"`` (arrays x, w, bias, y), ``"grad_input"`` (dy, w, dx),
@@ -206,7 +234,7 @@ def plan(geometry: Geometry, dtype: np.dtype, index_bits: int | None = None,
              "grad_weight": weights, "grad_weight_partial": weights * chunks,
              "grad_weight_combine": weights}[kind]
     if kind == "forward":
-        chosen = variants.resolve(variant, g, dtype)
+        chosen = variants.resolve(variant, g, dtype, precision=precision, arch=arch)
     else:
         chosen = replace(variants.VARIANTS["simple"], kernel=KERNEL_NAMES[kind])
     work_blocks = chosen.blocks(g) if kind == "forward" else -(-total // chosen.block)
@@ -233,8 +261,11 @@ def plan(geometry: Geometry, dtype: np.dtype, index_bits: int | None = None,
         values += (g.batch, chunk_size)
     elif kind == "grad_weight_combine":
         values = (total, chunks)
-    return LaunchPlan(kernel=kernel_expression(dtype, index_bits, chosen.kernel, g.channels_last),
-                      grid=(blocks, 1, 1), block=(chosen.block, 1, 1),
-                      scalars=tuple(index(v) for v in values), index_bits=index_bits,
-                      source=chosen.source, defines=chosen.defines(g),
-                      block_sync=chosen.block_sync, variant=chosen.name)
+    result = LaunchPlan(kernel=kernel_expression(dtype, index_bits, chosen.kernel, g.channels_last),
+                        grid=(blocks, 1, 1), block=(chosen.block, 1, 1),
+                        scalars=tuple(index(v) for v in values), index_bits=index_bits,
+                        source=chosen.source, defines=chosen.defines(g),
+                        block_sync=chosen.block_sync, variant=chosen.name,
+                        static_shared_bytes=chosen.static_shared_bytes(g, dtype, index_bits))
+    launch_limits.check(result, arch)
+    return result

@@ -68,6 +68,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import cpu_threads, numpy_col2im, numpy_stacked
+from .formats import is_bfloat16
 from .geometry import Geometry
 
 #: What the results promise across batch chunks, output boxes, Dask blocks and cores:
@@ -364,9 +365,11 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
 
 
 def compute_dtype(dtype) -> np.dtype:
-    """The type arithmetic runs in: float32 for float16 (as PyTorch accumulates), else
-    the dtype itself."""
-    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+    """The type arithmetic runs in: float32 for float16 and bfloat16 (as PyTorch
+    accumulates), else the dtype itself."""
+    if np.dtype(dtype) == np.float16 or is_bfloat16(dtype):
+        return np.dtype(np.float32)
+    return np.dtype(dtype)
 
 
 @functools.lru_cache(maxsize=64)

@@ -10,24 +10,37 @@ the tensors. Both the forward and the backward pass are gpu_tconv's.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import api
+from .formats import bfloat16_dtype, is_bfloat16
 
 
 def _to_array(t: torch.Tensor):
-    """A NumPy (CPU) or CuPy (CUDA) view of ``t``, sharing its memory."""
+    """A NumPy (CPU) or CuPy (CUDA) view of ``t``, sharing its memory. bfloat16 goes
+    through its bits (an int16 view), which every NumPy and CuPy takes, and comes out
+    as ``ml_dtypes.bfloat16``."""
     t = t.detach()
+    bits = t.dtype == torch.bfloat16
+    if bits:
+        t = t.view(torch.int16)
     if t.is_cuda:
         import cupy
 
-        return cupy.from_dlpack(t)
-    return t.numpy()
+        a = cupy.from_dlpack(t)
+    else:
+        a = t.numpy()
+    return a.view(bfloat16_dtype()) if bits else a
 
 
 def _to_tensor(a) -> torch.Tensor:
-    return torch.from_numpy(a) if type(a).__module__.startswith("numpy") else torch.from_dlpack(a)
+    bits = is_bfloat16(a.dtype)
+    if bits:
+        a = a.view(np.int16)
+    t = torch.from_numpy(a) if type(a).__module__.startswith("numpy") else torch.from_dlpack(a)
+    return t.view(torch.bfloat16) if bits else t
 
 
 def _on_torch_stream(t: torch.Tensor, fn):

@@ -18,7 +18,8 @@
 // host computes the output sizes (which also fold in the high-end padding and the
 // output padding).
 //
-// Template parameters: T is the element type (__half, float, double); I is the
+// Template parameters: T is the element type (__half, __nv_bfloat16, float,
+// double); I is the
 // index type, int where every size and offset fits in 31 bits (faster), long
 // long otherwise; CHANNELS_LAST selects the layout of x and y. The host picks them
 // per launch.
@@ -27,20 +28,24 @@
 // (through CuPy), by nvcc (compile checks) and by the host C++ compiler through
 // a small CUDA shim (the emulated backend).
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 namespace gpu_tconv {
 
-// Accumulate in float for __half (as PyTorch does), in T otherwise.
+// Accumulate in float for __half and __nv_bfloat16 (as PyTorch does), in T otherwise.
 template <typename T> struct accumulator { typedef T type; };
 template <> struct accumulator<__half> { typedef float type; };
+template <> struct accumulator<__nv_bfloat16> { typedef float type; };
 
 __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
 
 template <typename T> __device__ __forceinline__ T from_acc(typename accumulator<T>::type v) { return v; }
 template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // The taps of one spatial dimension that reach output coordinate o.
 //

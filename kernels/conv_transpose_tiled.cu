@@ -151,6 +151,7 @@ __device__ __forceinline__ PhaseDim<I> phase_dim(I residue, I k, I s, I pad, I d
 // Two-element vector of each element type, for the pixel pairs.
 template <typename T> struct vector2;
 template <> struct vector2<__half> { typedef __half2 type; };
+template <> struct vector2<__nv_bfloat16> { typedef __nv_bfloat162 type; };
 template <> struct vector2<float> { typedef float2 type; };
 template <> struct vector2<double> { typedef double2 type; };
 

@@ -102,18 +102,20 @@ SPECIALIZATIONS = [
 
 @st.composite
 def problems(draw, ranks=(1, 2, 3), max_batch=2, bias=None, max_channels=3,
-             kernel_stride_dilation=None) -> Problem:
+             kernel_stride_dilation=None, channels=None, max_in=None) -> Problem:
     """Random valid problems: every parameter in play, sizes small enough for the emulator.
 
-    ``max_channels`` bounds the input and output channels per group;
+    ``max_channels`` bounds the input and output channels per group (``channels``, a
+    strategy, draws them instead); ``max_in`` bounds the input sizes;
     ``kernel_stride_dilation``, one ``(kernel, stride, dilation)`` per spatial dimension,
     fixes those (and the rank) and leaves the rest random.
     """
     fixed = kernel_stride_dilation
     rank = len(fixed) if fixed else draw(st.sampled_from(ranks))
     groups = draw(st.integers(1, 3))
-    cin_g, cout_g = draw(st.integers(1, max_channels)), draw(st.integers(1, max_channels))
-    max_in = {1: 9, 2: 6, 3: 4}[rank]
+    per_group = channels if channels is not None else st.integers(1, max_channels)
+    cin_g, cout_g = draw(per_group), draw(per_group)
+    max_in = min(max_in or 9, {1: 9, 2: 6, 3: 4}[rank])
     dims = []
     for axis in range(rank):
         s, d = draw(st.integers(1, 4)), draw(st.integers(1, 3))

@@ -89,7 +89,8 @@ _VARIANT_CASES = [
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-4), (np.float16, 2e-2)])
-@pytest.mark.parametrize("name", list(variants.VARIANTS))
+@pytest.mark.parametrize("name", [n for n, v in variants.VARIANTS.items()
+                                  if not isinstance(v, variants.WmmaVariant)])
 def test_every_variant_on_the_gpu(cupy, name, dtype, tol):
     rng = np.random.default_rng(11)
     for x_shape, w_shape, kw in _VARIANT_CASES:
@@ -105,3 +106,42 @@ def test_every_variant_on_the_gpu(cupy, name, dtype, tol):
         again = cuda_backend.conv_transpose(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b),
                                             g, variant=name)
         assert again.get().tobytes() == y.get().tobytes()  # deterministic
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16", "tf32"])
+def test_wmma_on_the_gpu(cupy, kind):
+    """The tensor-core kernel on the device: within its format's error of float64, bit
+    for bit reproducible, and as the emulated kernel computes it up to the order of the
+    tensor cores' additions."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from gpu_tconv import emulated_backend, formats
+
+    dtype = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "tf32": np.float32}[kind]
+    precision = "tf32" if kind == "tf32" else "highest"
+    if kind != "float16" and int(cupy.cuda.Device().compute_capability) < 80:
+        pytest.skip("bfloat16 and TF32 tensor cores need sm_80")
+    rng = np.random.default_rng(12)
+    for x_shape, w_shape, kw in _VARIANT_CASES + [((2, 40, 9, 7), (40, 24, 4, 4),
+                                                    dict(stride=2, padding=1))]:
+        x = rng.standard_normal(x_shape).astype(dtype)
+        w = rng.standard_normal(w_shape).astype(dtype)
+        b = rng.standard_normal(w_shape[1] * kw.get("groups", 1)).astype(dtype)
+        g = geometry_from_shapes(x.shape, w.shape, b.shape, **kw)
+        run = lambda: cuda_backend.conv_transpose(cupy.asarray(x), cupy.asarray(w),
+                                                  cupy.asarray(b), g, variant="wmma",
+                                                  precision=precision).get()
+        y = run()
+        assert y.dtype == np.dtype(dtype) and run().tobytes() == y.tobytes()
+        xs, ws = ((formats.round_to_tf32(x), formats.round_to_tf32(w)) if kind == "tf32"
+                  else (x, w))
+        as64 = lambda a: np.asarray(a, np.float32).astype(np.float64)
+        expected = conv_transpose_reference(as64(xs), as64(ws), as64(b), **kw)
+        scale = conv_transpose_reference(np.abs(as64(xs)), np.abs(as64(ws)), np.abs(as64(b)),
+                                         **kw)
+        unit = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "tf32": 2.0**-24}[kind]
+        terms = w_shape[0] // kw.get("groups", 1) * int(np.prod(w_shape[2:])) + 1
+        bound = unit * np.abs(expected) + 2 * terms * 2.0**-24 * scale + 1e-30
+        assert np.all(np.abs(as64(y) - expected) <= bound), (kind, x_shape)
+        emulated = emulated_backend.conv_transpose(x, w, b, g, variant="wmma",
+                                                   precision=precision)
+        assert np.all(np.abs(as64(y) - as64(emulated)) <= 2 * bound)

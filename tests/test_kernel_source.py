@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gpu_tconv
-from gpu_tconv import col2im, cuda_backend, emulated_backend, launch, variants
+from gpu_tconv import col2im, cuda_backend, emulated_backend, launch, launch_limits, variants
 from gpu_tconv.geometry import geometry_from_shapes
 from gpu_tconv.reference import conv_transpose_reference
 from conftest import require_toolchain
@@ -26,14 +26,23 @@ WORST_CASE = geometry_from_shapes((1, 1, 2, 2, 9), (1, 1, 2, 2, variants.MAX_UNR
 # Source, compile-time definitions and every instantiation of each kernel: the variants,
 # and the col2im kernel of the GPU benchmark's GEMM + col2im peer.
 UNITS = {name: (v.source, v.defines(WORST_CASE), launch.all_kernel_expressions(v.kernel))
-         for name, v in variants.VARIANTS.items()}
+         for name, v in variants.VARIANTS.items() if not isinstance(v, variants.WmmaVariant)}
+# The tensor-core kernel: float16, bfloat16 and float32 (TF32); sm_75 has float16 only.
+WMMA_TYPES = {75: ("__half",), 80: ("__half", "__nv_bfloat16", "float")}
+UNITS.update({
+    f"wmma_sm{arch}": (v.source, v.defines(WORST_CASE),
+                       [f"{v.kernel}<{t}, {i}>" for t in WMMA_TYPES[min(arch, 80)]
+                        for i, _ in launch.INDEX_TYPES.values()])
+    for name, v in variants.VARIANTS.items() if isinstance(v, variants.WmmaVariant)
+    for arch in (75, 80)})
 UNITS["col2im"] = (col2im.SOURCE, (), [f"gpu_tconv::col2im<{t}>" for t in launch.C_TYPES.values()])
 UNITS["gradients"] = (launch.KERNEL_FILE, (),
                       launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_input"])
                       + launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_weight"])
                       + launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_weight_partial"])
                       + launch.all_kernel_expressions(launch.KERNEL_NAMES["grad_weight_combine"]))
-COMPILE_CASES = [(arch, name) for arch in ARCHITECTURES for name in UNITS]
+COMPILE_CASES = [(arch, name) for arch in ARCHITECTURES for name in UNITS
+                 if not name.startswith("wmma_sm") or int(name[7:]) == min(arch, 80)]
 
 
 @pytest.mark.parametrize("arch, name", COMPILE_CASES)
@@ -80,6 +89,13 @@ def test_compiles_with_nvcc_without_spills(arch, name, tmp_path):
     reports = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", done.stderr)
     assert len(reports) == len(expressions), done.stderr
     assert all(stores == loads == "0" for stores, loads in reports), done.stderr
+    # The register counts the launch plans check against (launch_limits.REGISTERS).
+    for kernel, registers in re.findall(r"Compiling entry function '(\w+)'.*?Used (\d+) "
+                                        r"registers", done.stderr, re.S):
+        key = next((k for k in ("grad_input", "grad_weight") if k in kernel),
+                   name.split("_sm")[0])
+        if key in launch_limits.REGISTERS and arch >= 80:
+            assert int(registers) <= launch_limits.REGISTERS[key], (kernel, registers)
 
 
 @given(p=problems(), dtype=st.sampled_from([np.float64, np.float32, np.float16]))

@@ -21,7 +21,8 @@ def test_wheel_ships_kernel_and_emulator_sources_and_the_command(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for kernel in (ROOT / "kernels").glob("*.cu"):
         assert f"gpu_tconv/kernels/{kernel.name}" in names
-    for part in ("cuda_shim.h", "launcher.cpp", "runtime.cpp", "include/cuda_fp16.h"):
+    for part in ("cuda_shim.h", "launcher.cpp", "runtime.cpp", "shared_memory.ld",
+                 "include/cuda_fp16.h", "include/cuda_bf16.h", "include/mma.h"):
         assert f"gpu_tconv/emulator/{part}" in names
     assert "gpu_tconv/data/kernelbench_level1_tconv.json" in names  # the GPU benchmark's problems
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]

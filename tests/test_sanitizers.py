@@ -48,9 +48,11 @@ CHECKS = textwrap.dedent("""
     from gpu_tconv import variants
     from oracles import SPECIALIZATIONS
 
+    WMMA = variants.VARIANTS["wmma"].kernel
+
     kinds = [(np.float64, 32), (np.float16, 32), (np.float32, 64)]
     for name, v in variants.VARIANTS.items():
-        for i, (dtype, bits) in enumerate(kinds if v.tiled else []):
+        for i, (dtype, bits) in enumerate(kinds if v.tiled and v.kernel != WMMA else []):
             fixed = SPECIALIZATIONS[i % len(SPECIALIZATIONS)] if v.specialized else None
 
             @settings(max_examples=4, deadline=None, database=None)
@@ -65,6 +67,28 @@ CHECKS = textwrap.dedent("""
                 assert np.allclose(y, expected, rtol=2e-2, atol=2e-2), name
 
             check_variant()
+
+    # The tensor-core kernel: each of its types, both index widths, channels across a
+    # 16-wide fragment.
+    import ml_dtypes
+    wmma_kinds = [(np.float16, "highest", 32), (ml_dtypes.bfloat16, "highest", 64),
+                  (np.float32, "tf32", 32)]
+    for dtype, precision, bits in wmma_kinds:
+        @settings(max_examples=2, deadline=None, database=None)
+        @given(p=problems(max_channels=17, ranks=(1, 2)))
+        def check_wmma(p):
+            p = p.astype(dtype)
+            g = geometry_from_shapes(p.x.shape, p.weight.shape,
+                                     None if p.bias is None else p.bias.shape, **p.params)
+            y = emulated_backend.conv_transpose(p.x, p.weight, p.bias, g, index_bits=bits,
+                                                variant="wmma", precision=precision)
+            expected = conv_transpose_reference(p.x.astype(np.float64),
+                                                p.weight.astype(np.float64),
+                                                None if p.bias is None
+                                                else p.bias.astype(np.float64), **p.params)
+            assert np.allclose(y.astype(np.float64), expected, rtol=5e-2, atol=5e-2)
+
+        check_wmma()
     print("sanitized run clean")
 """)
 

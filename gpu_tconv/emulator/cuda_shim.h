@@ -4,6 +4,8 @@
 // before it calls the kernel once per (block, thread) of the grid.
 #pragma once
 
+#include <atomic>
+
 #define __global__
 #define __device__
 #define __host__
@@ -16,7 +18,13 @@
 // runs the blocks of a launch one after another (and launches of a kernel that
 // synchronizes one at a time), so a function-local static is exactly that:
 // one instance, reused by each block in turn. Not thread_local: that would
-// give every thread its own copy.
+// give every thread its own copy. On a GPU shared memory starts as garbage,
+// not zero: the library is linked with shared_memory.ld, which gathers every
+// function-local static (-fdata-sections gives each a .bss._ZZ* section of its
+// own) between __start_gpu_tconv_shared and __stop_gpu_tconv_shared, and the
+// launcher fills that range with 0xff bytes (NaN in every float format) before
+// each block, so a read before a write shows in the result. The kernels have
+// no other function-local statics.
 #define __shared__ static
 
 struct dim3 {
@@ -53,3 +61,10 @@ inline void __syncthreads() {
         gpu_tconv_unsynchronized = true;
     }
 }
+
+// Misuse that a GPU would punish with garbage or a fault (a WMMA pointer or
+// leading dimension off its alignment) is recorded here, from any thread, and
+// the launch reported as faulty.
+enum { GPU_TCONV_FAULT_WMMA = 1u };
+inline std::atomic<unsigned> gpu_tconv_faults{0};
+inline void gpu_tconv_report_fault(unsigned code) { gpu_tconv_faults.fetch_or(code); }
