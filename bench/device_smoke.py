@@ -27,6 +27,8 @@ from gpu_tconv.geometry import geometry_from_shapes
 
 DTYPES = (np.float16, np.float32, np.float64)
 TOLERANCE = {np.float16: 5e-3, np.float32: 1e-5, np.float64: 1e-12}
+#: float32 on TF32 tensor cores (the ``wmma`` variant): operands rounded at 2**-11.
+TF32_TOLERANCE = 5e-3
 #: (name, x shape, weight shape, parameters). The two 2-D ones share their kernel size,
 #: stride and dilation (one compile each); the rehearsal runs the first only.
 SHAPES = [
@@ -49,18 +51,19 @@ class Device:
             cuda_backend.check_available()
             self.cupy = cupy
 
-    def run(self, x, w, b, g, variant: str):
+    def run(self, x, w, b, g, variant: str, precision: str = "highest"):
         if self.rehearse:
-            return emulated_backend.conv_transpose(x, w, b, g, variant=variant)
+            return emulated_backend.conv_transpose(x, w, b, g, variant=variant,
+                                                   precision=precision)
         cupy = self.cupy
         y = cuda_backend.conv_transpose(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b), g,
-                                        variant=variant)
+                                        variant=variant, precision=precision)
         return y.get()
 
-    def attributes(self, g, dtype, variant: str) -> dict:
+    def attributes(self, g, dtype, variant: str, precision: str = "highest") -> dict:
         if self.rehearse:
             return {"registers": "n/a (emulated)", "local_bytes": "n/a (emulated)"}
-        plan = launch.plan(g, dtype, variant=variant)
+        plan = launch.plan(g, dtype, variant=variant, precision=precision)
         kernel = cuda_backend.kernel_function(self.cupy.cuda.Device().id, plan)
         read = lambda name: getattr(kernel, name, "not reported by this CuPy")
         return {"registers": read("num_regs"), "local_bytes": read("local_size_bytes"),
@@ -76,7 +79,8 @@ class Device:
                 for _, x_shape, w_shape, params in shapes:
                     g = geometry_from_shapes(x_shape, w_shape, **params)
                     try:
-                        plans.append(launch.plan(g, np.dtype(dtype), variant=variant))
+                        plans.append(launch.plan(g, np.dtype(dtype), variant=variant,
+                                                 precision=precision_of(variant, g, dtype)))
                     except ValueError:
                         pass  # refused: the case says why
         device_id = self.cupy.cuda.Device().id
@@ -93,6 +97,16 @@ def _reference(x, w, b, params, torch_device: str) -> np.ndarray:
         return fn(as_tensor(x), as_tensor(w), as_tensor(b), **params).cpu().numpy()
 
 
+def precision_of(variant: str, g, dtype) -> str:
+    """``"highest"``, or ``"tf32"`` for a float32 case of a variant that runs float32 on
+    TF32 tensor cores only (``wmma``)."""
+    try:
+        variants.VARIANTS[variant].check(g, dtype)
+        return "highest"
+    except ValueError:
+        return "tf32" if np.dtype(dtype) == np.float32 else "highest"
+
+
 def check(device: Device, variant: str, dtype, shape) -> dict:
     """One case: ``status`` ok, failed (with why) or skipped (the variant refused)."""
     label, x_shape, w_shape, params = shape
@@ -102,24 +116,27 @@ def check(device: Device, variant: str, dtype, shape) -> dict:
     w = rng.standard_normal(w_shape).astype(dtype)
     b = rng.standard_normal(w_shape[1] * params.get("groups", 1)).astype(dtype)
     g = geometry_from_shapes(x.shape, w.shape, b.shape, **params)
+    precision = precision_of(variant, g, dtype)
+    tolerance = TF32_TOLERANCE if precision == "tf32" else TOLERANCE[dtype]
+    case["precision"] = precision
     try:
-        variants.VARIANTS[variant].check(g, dtype)
+        variants.VARIANTS[variant].check(g, dtype, precision)
     except ValueError as error:
         return {**case, "status": "skipped", "reason": str(error)}
     try:
         start = time.perf_counter()
-        y = device.run(x, w, b, g, variant)
+        y = device.run(x, w, b, g, variant, precision)
         case["seconds_first_call"] = round(time.perf_counter() - start, 3)
         expected = _reference(x, w, b, params, "cpu" if device.rehearse else "cuda")
         error = float(np.abs(y.astype(np.float64) - expected).max() / np.abs(expected).max())
-        case.update(max_rel_diff=error, tolerance=TOLERANCE[dtype])
-        again = device.run(x, w, b, g, variant)
+        case.update(max_rel_diff=error, tolerance=tolerance)
+        again = device.run(x, w, b, g, variant, precision)
         case["deterministic"] = again.tobytes() == y.tobytes()
-        case.update(device.attributes(g, dtype, variant))
-        ok = error <= TOLERANCE[dtype] and case["deterministic"]
+        case.update(device.attributes(g, dtype, variant, precision))
+        ok = error <= tolerance and case["deterministic"]
         case["status"] = "ok" if ok else "failed"
         if not ok:
-            case["reason"] = "result differs from PyTorch" if error > TOLERANCE[dtype] \
+            case["reason"] = "result differs from PyTorch" if error > tolerance \
                 else "two runs differ"
     except Exception as error:  # a compile or launch failure: recorded, the rest go on
         case.update(status="failed", reason=f"{type(error).__name__}: {error}"[:2000])

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import HAS_GPU
-from gpu_tconv import bench_configs, bench_gpu, cli, col2im, variants
+from gpu_tconv import bench_configs, bench_gpu, cli, col2im, launch_limits, variants
 from gpu_tconv.bench_cpu import Config
 from gpu_tconv.geometry import geometry_from_shapes
 from gpu_tconv.reference import conv_transpose_reference
@@ -68,6 +68,8 @@ def test_a_variant_added_to_the_registry_is_benchmarked(monkeypatch, tmp_path, c
     registered by name is timed and checked like the others."""
     extra = dataclasses.replace(variants.VARIANTS["phase_generic"], name="phase_wide")
     monkeypatch.setitem(variants.VARIANTS, "phase_wide", extra)
+    monkeypatch.setitem(launch_limits.REGISTERS, "phase_wide",
+                        launch_limits.REGISTERS["phase_generic"])
     args = cli.build_parser().parse_args(["bench", "--rehearse", "--repeats", "1", "--only",
                                           "1-D", "--dtypes", "float32", "--output", str(tmp_path)])
     result = bench_gpu.run_from_args(args)
