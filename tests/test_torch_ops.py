@@ -37,29 +37,29 @@ def torch_oracle(x, w, b, stride, padding, output_padding, groups, dilation):
     return TORCH_FN[x.dim() - 2](x, w, b, stride, padding, output_padding, groups, dilation)
 
 
+# Every rank, both dtypes, with and without bias, groups, dilation and channels-last.
 OPCHECK_CASES = [  # rank, dtype, bias, groups, dilation, channels last
-    (1, torch.float64, True, 1, 1, False),
-    (1, torch.float32, False, 2, 2, False),
-    (2, torch.float64, False, 2, 1, False),
-    (2, torch.float32, True, 1, 2, True),
-    (3, torch.float64, True, 2, 2, False),
-    (3, torch.float32, False, 1, 1, True),
+    (1, torch.float64, True, 2, 1, False),
+    (2, torch.float32, False, 1, 2, True),
+    (2, torch.float64, True, 2, 2, False),
+    (3, torch.float64, False, 2, 2, True),
+    (3, torch.float32, True, 1, 1, False),
 ]
 
 
 @pytest.mark.parametrize("rank, dtype, bias, groups, dilation, channels_last", OPCHECK_CASES)
 def test_opcheck_forward(rank, dtype, bias, groups, dilation, channels_last):
-    x, w, b = operands(rank, dtype, bias, groups, memory_format=CHANNELS_LAST.get(rank)
-                       if channels_last else None, requires_grad=True)
+    x, w, b = operands(rank, dtype, bias, groups, c_in=2 * groups, size=3 if rank < 3 else 2,
+                       memory_format=CHANNELS_LAST.get(rank) if channels_last else None,
+                       requires_grad=True)
     args = (x, w, b, *params(rank, groups=groups, dilation=dilation))
     torch.library.opcheck(OP, args)
     torch.testing.assert_close(OP(*args), torch_oracle(*args))
 
 
-@pytest.mark.parametrize("rank, mask", [(1, [True, True, True]), (2, [True, False, True]),
-                                        (3, [False, True, False])])
+@pytest.mark.parametrize("rank, mask", [(1, [True, True, True]), (3, [False, True, False])])
 def test_opcheck_backward(rank, mask):
-    x, w, _ = operands(rank, groups=2, requires_grad=True)
+    x, w, _ = operands(rank, groups=2, size=2, requires_grad=True)
     p = params(rank, groups=2)
     dy = torch.randn(OP(x, w, None, *p).shape, dtype=x.dtype, requires_grad=True)
     torch.library.opcheck(BACKWARD, (dy, x, w, *p, mask))
@@ -125,8 +125,8 @@ def half_bound(dtype, reference, magnitude, terms):
     return unit * reference.abs() + gamma * magnitude + torch.finfo(dtype).tiny
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("run", ["host", "emulated"])
+@pytest.mark.parametrize("dtype, run", [(torch.bfloat16, "host"), (torch.float16, "host"),
+                                        (torch.bfloat16, "emulated")])
 def test_half_types_are_computed_in_float32_and_rounded_once(dtype, run):
     c_in, kernel, rank = 16, 3, 2
     x, w, b = operands(rank, torch.float64, c_in=c_in, c_out_g=3, size=4, kernel=kernel)
@@ -212,12 +212,13 @@ def test_bad_calls_name_the_parameter(call, error, words):
 
 
 def test_double_backward():
-    x, w, b = operands(2, groups=2, c_in=2, c_out_g=1, requires_grad=True)
+    x, w, b = operands(2, groups=2, c_in=2, c_out_g=1, size=2, requires_grad=True)
+    x = x[:1].detach().requires_grad_()
     p = dict(stride=2, padding=1, output_padding=1, groups=2)
     assert torch.autograd.gradgradcheck(lambda *a: gtt.conv_transpose2d(*a, **p), (x, w, b))
 
 
-@pytest.mark.parametrize("rank, channels_last", [(1, False), (2, True), (3, False)])
+@pytest.mark.parametrize("rank, channels_last", [(2, True), (3, False)])
 def test_device_path_on_the_emulated_kernels(rank, channels_last):
     """The CUDA implementation's code (layouts, plans, PyTorch allocations, gradient
     kernels) with the kernels compiled for the CPU."""
