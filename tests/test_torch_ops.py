@@ -1,6 +1,9 @@
 """torch.ops.gpu_tconv: opcheck, fake kernels, memory formats, half types, padding forms,
 double backward, and the device path run on the CPU through the emulated kernels."""
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 
@@ -270,3 +273,26 @@ def test_bfloat16_runs_in_float32_unless_the_kernels_have_it(monkeypatch):
     native = {d.name for d in device.launch.C_TYPES}
     expected = torch.bfloat16 if "bfloat16" in native else torch.float32
     assert formats.kernel_dtype(torch.bfloat16)[0] == expected
+
+
+def test_cuda_views_describe_the_tensors_memory():
+    """The CuPy arrays handed to the CUDA kernels: the tensor's pointer, shape, strides
+    and dtype, and the tensor kept alive (metadata only: nothing is dereferenced here)."""
+    pytest.importorskip("cupy")
+    import ml_dtypes
+
+    launcher = device.CudaLauncher(torch.device("cuda", 0))
+    t = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    view = launcher.view(formats.to_layout(t, True), np.dtype(np.float32))
+    assert view.data.ptr == t.data_ptr() and view.shape == (2, 4, 5, 3)
+    assert view.flags.c_contiguous and view.strides == (240, 60, 12, 4)
+    kept = torch.randn(4)
+    alive, view = weakref.ref(kept), launcher.view(kept, np.dtype(np.float32))
+    del kept
+    assert alive() is not None  # the view holds the tensor
+    del view
+    gc.collect()
+    assert alive() is None
+    half = launcher.view(torch.zeros(3, 2, dtype=torch.bfloat16), np.dtype(ml_dtypes.bfloat16))
+    assert half.dtype == np.dtype(ml_dtypes.bfloat16) and half.strides == (4, 2)
+    assert launcher.view(None, np.dtype(np.float32)) is None
