@@ -97,3 +97,32 @@ def test_compiled_functional_calls_with_channels_last_and_padding_forms():
     w3 = torch.randn(3, 1, 2, 2, 2, dtype=torch.float64)
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x, w1, w3), f(x, w1, w3), rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_autograd_traces_the_backward_operator():
+    """The training step's backward compiled a second time, by compiled autograd: the
+    registered backward is an operator, so the backward graph captures it whole."""
+    from torch._dynamo import compiled_autograd
+
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(gtt.ConvTranspose2d(3, 2, 3, stride=2), torch.nn.Tanh()).double()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    grads = []
+    for compiled in (False, True):
+        net.zero_grad()
+        loss = net(x).square().sum()
+        if compiled:
+            graphs = []
+
+            def compiler(gm):
+                graphs.append(gm.graph)
+                return torch.compile(gm, backend="aot_eager", fullgraph=True)
+
+            with compiled_autograd._enable(compiler):
+                loss.backward()
+        else:
+            loss.backward()
+        grads.append([p.grad for p in net.parameters()])
+    for a, e in zip(*grads):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    assert len(graphs) == 1
