@@ -69,7 +69,8 @@ def test_opcheck_backward(rank, mask):
 
 
 @pytest.mark.parametrize("rank, dtype", [(2, torch.float32), (2, torch.float64),
-                                         (3, torch.float32)])
+                                         (3, torch.float32), (3, torch.float64),
+                                         (3, torch.bfloat16)])
 def test_channels_last_is_taken_and_returned_as_pytorch_does(rank, dtype, monkeypatch):
     fmt = CHANNELS_LAST[rank]
     x, w, b = operands(rank, dtype, memory_format=fmt, requires_grad=True)
@@ -84,17 +85,26 @@ def test_channels_last_is_taken_and_returned_as_pytorch_does(rank, dtype, monkey
     monkeypatch.setattr(host.api, "conv_transpose", spy)
     y = OP(x, w, b, *p)
     (xa, layout), = seen
-    # The NumPy backend got a channels-last view of x itself, not a copy.
-    assert layout == "channels_last" and np.shares_memory(xa, x.detach().numpy())
     expected = torch_oracle(x, w, b, *p)
-    assert y.is_contiguous(memory_format=fmt) and y.stride() == expected.stride()
-    torch.testing.assert_close(y, expected)
+    # The memory format PyTorch returns here (channels-last but for 3-D calls outside
+    # oneDNN, float64 always), and the backend ran in it.
+    assert y.stride() == expected.stride()
+    assert layout == ("channels_last" if y.is_contiguous(memory_format=fmt) else
+                      "channels_first")
+    if dtype in (torch.float32, torch.float64):  # a view of x itself, not a copy
+        assert np.shares_memory(xa, x.detach().numpy())
+    assert rank == 3 or layout == "channels_last"  # 2-D: always, as PyTorch
+    torch.testing.assert_close(y, expected, **tolerance(dtype))
     dy = torch.randn_like(expected)
     ours = torch.autograd.grad(y, (x, w, b), dy)
     theirs = torch.autograd.grad(expected, (x, w, b), dy)
-    assert ours[0].is_contiguous(memory_format=fmt)
+    assert ours[0].stride() == theirs[0].stride()
     for a, e in zip(ours, theirs):
-        torch.testing.assert_close(a, e)
+        torch.testing.assert_close(a, e, **tolerance(dtype))
+
+
+def tolerance(dtype):
+    return dict(rtol=2e-2, atol=5e-2) if dtype == torch.bfloat16 else {}
 
 
 @pytest.mark.parametrize("case", ["x channels_last", "weight channels_last", "contiguous",

@@ -2,11 +2,13 @@
 the memory format of the result, layout views and the output shape.
 
 One memory-format rule serves the real kernels and the fake (meta) ones, so that
-``torch.compile`` and ``torch.export`` see exactly the strides a real call returns: a
-2-D (3-D) operation whose input or weight is ``torch.channels_last``
-(``channels_last_3d``) returns a channels-last result, as PyTorch's own
-``conv_transpose2d``/``3d`` does on CUDA (cuDNN) and on the CPU (oneDNN); otherwise the
-result is contiguous.
+``torch.compile`` and ``torch.export`` see exactly the strides a real call returns. It
+is the memory format PyTorch's own ``conv_transpose2d``/``3d`` returns (torch 2.13): a
+2-D (3-D) call whose input or weight is ``torch.channels_last`` (``channels_last_3d``)
+returns a channels-last result, except where PyTorch's kernel for the call has no
+channels-last path and returns a contiguous one: float64 on CUDA (cuDNN disables NHWC
+for it) and, on the CPU, 3-D calls that oneDNN does not take (float64, and bfloat16 or
+float16 where this CPU's oneDNN lacks them). Otherwise the result is contiguous.
 """
 
 from __future__ import annotations
@@ -45,12 +47,36 @@ def check_operands(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
             raise ValueError(f"{name} must be on the device of x ({x.device}), got {t.device}")
 
 
+def _onednn_dtypes() -> dict:
+    # Asked once: the half types depend on this CPU's instruction set only.
+    ops = torch.ops.mkldnn
+    return {torch.float64: False, torch.float32: True,
+            torch.bfloat16: bool(ops._is_mkldnn_bf16_supported()),
+            torch.float16: bool(ops._is_mkldnn_fp16_supported())}
+
+
+_ONEDNN_DTYPES = _onednn_dtypes()
+
+
+def _pytorch_has_channels_last(x: torch.Tensor) -> bool:
+    """Whether PyTorch's own transposed convolution of ``x``'s rank, dtype and device
+    returns channels-last results for channels-last operands (see the module)."""
+    if x.device.type == "cuda":
+        return x.dtype != torch.float64
+    if x.dim() == 4:  # oneDNN and PyTorch's own 2-D kernel both do
+        return True
+    if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
+        return False
+    return _ONEDNN_DTYPES[x.dtype]
+
+
 def memory_format(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
-    """The memory format of the result (and of the kernels' layout): channels-last when
-    ``x`` or ``weight`` is (for 2-D and 3-D), else contiguous."""
+    """The memory format of the result and of the kernels' layout: channels-last when
+    ``x`` or ``weight`` is (2-D and 3-D) and PyTorch returns channels-last there too."""
     channels_last = _CHANNELS_LAST.get(x.dim() - 2)
     if channels_last is not None and channels_last in (suggest_memory_format(x),
-                                                       suggest_memory_format(weight)):
+                                                       suggest_memory_format(weight)) \
+            and _pytorch_has_channels_last(x):
         return channels_last
     return torch.contiguous_format
 
