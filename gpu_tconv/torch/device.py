@@ -21,6 +21,7 @@ computed in float32 and rounded once.
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import numpy as np
 import torch
@@ -47,7 +48,12 @@ class CudaLauncher:
 
     def __enter__(self):
         stream = torch.cuda.current_stream(self.index).cuda_stream
-        self._contexts = [self.device, self._cupy.cuda.ExternalStream(stream, self.index)]
+        with warnings.catch_warnings():
+            # CuPy 14 deprecates ExternalStream for Stream.from_external; the former,
+            # given the device, makes no CUDA call, which matters under graph capture.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            external = self._cupy.cuda.ExternalStream(stream, self.index)
+        self._contexts = [self.device, external]
         for context in self._contexts:
             context.__enter__()
         return self
