@@ -49,8 +49,8 @@ class CudaLauncher:
     def __enter__(self):
         stream = torch.cuda.current_stream(self.index).cuda_stream
         with warnings.catch_warnings():
-            # CuPy 14 deprecates ExternalStream for Stream.from_external; the former,
-            # given the device, makes no CUDA call, which matters under graph capture.
+            # CuPy 14 deprecates ExternalStream (for Stream.from_external); it still
+            # wraps the raw pointer PyTorch gives, on the device named.
             warnings.simplefilter("ignore", DeprecationWarning)
             external = self._cupy.cuda.ExternalStream(stream, self.index)
         self._contexts = [self.device, external]
