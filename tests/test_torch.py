@@ -1,4 +1,5 @@
-"""gpu_tconv.torch: drop-in functions and modules, autograd, and zero-copy interop."""
+"""gpu_tconv.torch: drop-in functions and modules against torch.nn, gradcheck, training,
+and zero-copy interop of the array API."""
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import gpu_tconv.torch as gtt
 from conftest import requires_gpu
 from gpu_tconv import dispatch
 
-DEVICES = ["cpu", pytest.param("cuda", marks=requires_gpu)]
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, requires_gpu])]
 
 CASES = [  # rank, C_in, C_out/groups, size, kernel, params
     (1, 4, 3, (7,), (3,), dict(stride=2, padding=1, output_padding=1, groups=2, dilation=1)),
@@ -104,6 +105,7 @@ def test_cpu_tensors_are_taken_without_a_copy():
         t, torch.ones(3, 1, 2), stride=2).numpy(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.gpu
 @requires_gpu
 def test_cuda_tensors_are_taken_without_a_copy():
     t = torch.randn(2, 3, 4, device="cuda")
