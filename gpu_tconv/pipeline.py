@@ -85,7 +85,7 @@ class HostStage:
 class _Group:
     """Consecutive loaded files computed as one batch."""
 
-    items: list[tuple[Path, Path, np.ndarray, Any]]
+    items: list[tuple[Path, Path, np.ndarray | None, Any]]
     handle: Any = None
     error: Exception | None = None
 
@@ -138,8 +138,8 @@ def run(pairs: Iterable[tuple[Path, Path]], load: Callable[[Path], tuple[np.ndar
         refill()
         previous: _Group | None = None
         while loads:
-            group = _next_group(loads, refill, written, max_batch_bytes)
-            if group is not None:
+            group = _next_group(loads, refill, max_batch_bytes)
+            if group.error is None:
                 arrays = [a for _, _, a, _ in group.items]
                 try:
                     batch = arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
@@ -149,7 +149,7 @@ def run(pairs: Iterable[tuple[Path, Path]], load: Callable[[Path], tuple[np.ndar
             if previous is not None:         # submitted the next batch first: overlap
                 save_group(previous)
             previous = group
-            if previous is not None and not stage.overlaps:
+            if not stage.overlaps:
                 save_group(previous)
                 previous = None
             yield from finished(block=False)
@@ -160,9 +160,9 @@ def run(pairs: Iterable[tuple[Path, Path]], load: Callable[[Path], tuple[np.ndar
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _next_group(loads, refill, written, max_batch_bytes: int) -> _Group | None:
-    """The next files of one shape, dtype and key (None when the next file failed to
-    load: its outcome is queued)."""
+def _next_group(loads, refill, max_batch_bytes: int) -> _Group:
+    """The next files of one shape, dtype and key, or the next file that failed to load
+    (a group with its error)."""
     items = []
     while loads:
         (source, target), future = loads[0]
@@ -173,8 +173,7 @@ def _next_group(loads, refill, written, max_batch_bytes: int) -> _Group | None:
                 break
             loads.popleft()
             refill()
-            written.append(Outcome(source, target, error=error))
-            return None
+            return _Group([(source, target, None, None)], error=error)
         if items and not _same(items[0], array, key, len(items) + 1, max_batch_bytes):
             break
         loads.popleft()
