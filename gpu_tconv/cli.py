@@ -22,8 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from . import (__version__, batch, bench_cpu, bench_gpu, cuda_backend, dispatch, emulated_backend,
-               explain, files, pipeline)
+from . import (__version__, batch, bench_cpu, bench_gpu, bench_upsample, cuda_backend, dispatch,
+               emulated_backend, explain, files, pipeline)
 from .api import available_backends, conv_transpose
 from .geometry import geometry_from_shapes
 from .layout import spatial_layout
@@ -150,11 +150,30 @@ def _describe(shapes, args: argparse.Namespace, backend: str, start: float) -> s
             f"{time.perf_counter() - start:.2f} s")
 
 
+def _upsample_compare(args: argparse.Namespace, backend: str) -> int:
+    from .compare import COMPARED, kernel_comparison
+
+    image = None
+    if args.input is not None:
+        image, key = _load(Path(args.input), args)
+        if key != ("image", "HWC") and key != ("image", "HW"):
+            raise ValueError(f"{args.input}: --compare takes an image")
+    picture = kernel_comparison(image, args.scale, backend)
+    target = Path(args.compare)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    files.write(target, picture)
+    print(f"wrote {target}: {', '.join(COMPARED)} x{args.scale} side by side "
+          f"({picture.shape[1]}x{picture.shape[0]}, {target.stat().st_size // 1024} KiB)")
+    return 0
+
+
 def _cmd_upsample(args: argparse.Namespace) -> int:
     tap_count(args.kernel, args.scale)                 # a bad --scale fails before any I/O
     if args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     backend = dispatch.resolve(args.backend)           # so does an unusable --backend
+    if args.compare:
+        return _upsample_compare(args, backend)
     if args.input is None:
         return _upsample_sample(args, backend)
     source = Path(args.input)
@@ -250,6 +269,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.upsample:
+        bench_upsample.run_from_args(args)
+        return 0
     (bench_cpu if args.cpu else bench_gpu).run_from_args(args)
     return 0
 
@@ -288,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"  {PROG} upsample photo.png --scale 4     # -> photo_x4.png\n"
         f"  {PROG} upsample volume.npy big.npy --scale 2 --layout NCDHW\n"
         f"  {PROG} upsample shots/ --scale 3        # -> shots_x3/, resumable\n"
-        f"  {PROG} upsample photo.jpg --kernel lanczos\n\n"
+        f"  {PROG} upsample photo.jpg --kernel lanczos\n"
+        f"  {PROG} upsample --compare kernels.png --scale 6   # the kernels side by side\n\n"
         "Images are PNG, JPEG or TIFF; integer data is rounded and clipped back to its "
         "dtype.\nAn output that exists is kept (a folder run resumes where it stopped) "
         "unless --overwrite.")
@@ -316,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threads that read, decode, encode and write files in a folder run "
                         "while the upsampling computes (default: the cores, "
                         f"{pipeline.default_jobs()} here); results do not depend on it")
+    p.add_argument("--compare", metavar="OUT.png",
+                   help="write IN (default: a crop of the built-in sample) upsampled with "
+                        "every kernel, side by side and labelled, to OUT.png")
     p.add_argument("--allow-large-images", action="store_true",
                    help="read images above Pillow's decompression-bomb limit "
                         "(about 89 megapixels)")
@@ -359,11 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
         "standard layer shapes (without a GPU: says so); with --cpu, the NumPy backend against "
         "PyTorch's CPU conv_transpose. Print a table, write JSON.",
         f"  {PROG} bench --only DCGAN --dtypes float16\n  {PROG} bench --cpu\n"
-        f"  {PROG} bench --cpu --only DCGAN --repeats 3")
+        f"  {PROG} bench --cpu --only DCGAN --repeats 3\n"
+        f"  {PROG} bench --upsample --upsample-photo   # images/s against Pillow and PyTorch")
     p.add_argument("--cpu", action="store_true",
                    help="the CPU benchmark instead of the GPU one")
     bench_cpu.add_arguments(p)
     bench_gpu.add_arguments(p)
+    bench_upsample.add_arguments(p)
     p.set_defaults(run=_cmd_bench)
 
     p = _add_command(commands, "info", "Print the version, the backends usable here and why "

@@ -247,3 +247,44 @@ def test_not_a_file_is_said_as_such(capsys, tmp_path, image_file, argv, words):
     status, _, err = run(capsys, *(a.format(tmp=tmp_path, img=image_file) for a in argv))
     assert_one_line_error(status, err, *words)
     assert Path("/dev/null").is_char_device()
+
+
+# ------------------------------------------------------------- picture, benchmark
+
+ROOT = Path(__file__).resolve().parent.parent
+PICTURE = ROOT / "docs" / "upsample-kernels.png"
+PICTURE_COMMAND = "gpu-tconv upsample --compare docs/upsample-kernels.png --scale 6"
+
+
+def test_the_readme_picture_is_the_commands_output(capsys, tmp_path):
+    status, out, err = run(capsys, "upsample", "--compare", tmp_path / "k.png", "--scale", 6,
+                           "--backend", "numpy")
+    assert status == 0, err
+    fresh = np.asarray(Image.open(tmp_path / "k.png"))
+    np.testing.assert_array_equal(fresh, np.asarray(Image.open(PICTURE)))
+    assert 10_000 < PICTURE.stat().st_size < 100_000 and fresh.shape == (158, 588, 3)
+    readme = (ROOT / "README.md").read_text()
+    assert PICTURE_COMMAND in readme and "docs/upsample-kernels.png" in readme.split("\n## ")[0]
+
+
+def test_bench_upsample_runs_every_method(capsys, tmp_path, monkeypatch):
+    import json
+
+    from gpu_tconv import bench_upsample
+
+    monkeypatch.setattr(bench_upsample, "SIZES", ((10, 12),))
+    monkeypatch.setattr(bench_upsample, "PHOTO_SIZE", (30, 40))
+    status, out, err = run(capsys, "bench", "--upsample", "--upsample-images", 1,
+                           "--upsample-jobs", 2, "--upsample-photo", "--upsample-backend",
+                           "numpy", "--output", tmp_path)
+    assert status == 0, err
+    (path,) = tmp_path.glob("upsample-*.json")
+    result = json.loads(path.read_text())
+    methods = {(r["method"], r["jobs"]) for r in result["rows"]}
+    assert methods == {("gpu-tconv", 1), ("gpu-tconv", 2), ("pillow resize", 1),
+                       ("pillow resize", 2), ("torch interpolate", 2)}
+    for row in result["rows"]:
+        assert row["images_per_s"] > 0 and min(row["decode"], row["compute"],
+                                               row["encode"]) > 0
+    assert result["photo"]["gpu-tconv"]["peak_rss_mib"] > 10
+    assert "images/s" in out and "decode" in out and "12 MP JPEG" in out
