@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -182,38 +181,43 @@ def time_methods(paths: list[Path], work: Path, scale: int, kernel: str, backend
     return rows
 
 
-def _child(code: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak resident bytes of one command, in its own process."""
+#: Appended to each timed child's code: its peak resident memory (``VmHWM``, which
+#: starts afresh at ``exec``, unlike ``getrusage``'s, which keeps the parent's at fork).
+_REPORT_PEAK = ("\nfor line in open('/proc/self/status'):\n"
+                "    if line.startswith('VmHWM:'): print('peak', int(line.split()[1]) * 1024)\n")
+
+
+def _child(code: str) -> tuple[float, int]:
+    """Wall seconds and peak resident bytes of Python ``code``, in its own process."""
     start = time.perf_counter()
-    process = subprocess.Popen(code, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    done = subprocess.run([sys.executable, "-c", code + _REPORT_PEAK], capture_output=True,
+                          text=True)
     seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{code[:3]} failed: {process.stderr.read().decode()[-500:]}")
-    return seconds, usage.ru_maxrss * 1024        # kilobytes on Linux
+    if done.returncode != 0:
+        raise RuntimeError(f"a benchmark process failed: {done.stderr[-500:]}")
+    peaks = [int(line.split()[1]) for line in done.stdout.splitlines()
+             if line.startswith("peak ")]
+    return seconds, peaks[-1] if peaks else 0
 
 
 def time_photo(work: Path, scale: int, kernel: str, backend: str) -> dict:
-    """A 12 MP JPEG upsampled by ``gpu-tconv upsample`` and by Pillow, each alone."""
+    """A 12 MP JPEG upsampled by ``gpu-tconv upsample`` and by Pillow, each alone, and
+    the floor: decoding it and encoding an image of the output's size."""
     photo = work / "photo.jpg"
     files.write(photo, photo_like(*PHOTO_SIZE, seed=99))
     root = str(Path(__file__).resolve().parent.parent)
-    env_python = [sys.executable, "-c"]
-    ours = env_python + [
-        f"import sys; sys.path.insert(0, {root!r}); from gpu_tconv.cli import main; "
-        f"sys.exit(main(['upsample', {str(photo)!r}, {str(work / 'ours.jpg')!r}, "
-        f"'--scale', '{scale}', '--kernel', {kernel!r}, '--backend', {backend!r}, "
-        "'--overwrite']))"]
-    pillow = env_python + [
-        "from PIL import Image; im = Image.open(" + repr(str(photo)) + "); "
-        f"im.resize((im.width * {scale}, im.height * {scale}), "
-        f"Image.{PILLOW_FILTERS[kernel]}).save({str(work / 'pillow.jpg')!r}, quality=95)"]
-    decode_encode = env_python + [
-        "from PIL import Image; im = Image.open(" + repr(str(photo)) + "); im.load(); "
-        f"Image.new('RGB', (im.width * {scale}, im.height * {scale})).save("
-        f"{str(work / 'floor.jpg')!r}, quality=95)"]
+    ours = (f"import sys; sys.path.insert(0, {root!r}); from gpu_tconv.cli import main\n"
+            f"status = main(['upsample', {str(photo)!r}, {str(work / 'ours.jpg')!r}, "
+            f"'--scale', '{scale}', '--kernel', {kernel!r}, '--backend', {backend!r}, "
+            "'--overwrite'])\nassert status == 0")
+    pillow = (f"from PIL import Image; im = Image.open({str(photo)!r})\n"
+              f"im.resize((im.width * {scale}, im.height * {scale}), "
+              f"Image.{PILLOW_FILTERS[kernel]}).save({str(work / 'pillow.jpg')!r}, quality=95)")
+    floor = (f"from PIL import Image; im = Image.open({str(photo)!r}); im.load()\n"
+             f"Image.new('RGB', (im.width * {scale}, im.height * {scale})).save("
+             f"{str(work / 'floor.jpg')!r}, quality=95)")
     result = {}
-    for name, code in (("gpu-tconv", ours), ("pillow", pillow), ("decode+encode", decode_encode)):
+    for name, code in (("gpu-tconv", ours), ("pillow", pillow), ("decode+encode", floor)):
         seconds, peak = _child(code)
         result[name] = {"seconds": seconds, "peak_rss_mib": peak / 2**20}
     result["time_ratio"] = result["gpu-tconv"]["seconds"] / result["pillow"]["seconds"]

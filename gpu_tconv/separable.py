@@ -14,10 +14,10 @@ reads the ``L`` extended inputs from ``t*TILE + lo``, always at the same offsets
 every tile is one small matrix ``M`` (``stride*TILE x L``, ``M[q, m] = w[q + padding -
 (lo + m)*stride]``) times its window of inputs, and a whole band of tiles is one GEMM:
 
-- along H, the windows are ``L`` whole rows (``W*C`` values each) of the input;
-- along W, the windows of one row overlap with a constant step of ``TILE*C`` values,
-  a strided view of the row (no copy); channels stay interleaved by multiplying with
-  ``M ⊗ I_C``, so each GEMM row is ``stride*TILE`` output pixels as stored.
+- along H, the windows are ``L`` whole rows of one channel's plane of the input (the
+  band's rows are copied out of the interleaved pixels once, as floats);
+- along W, the windows of one row overlap with a constant step of ``TILE`` values, a
+  strided view of the row (no copy), and the rows of the band are one batched GEMM.
 
 Each band of output rows is computed from the input rows it reads into a few megabytes
 of float scratch, rounded and clipped straight into the output, and the bands run on
@@ -44,7 +44,8 @@ TILE = 16
 #: Float elements of one band's output scratch (4 MB in float32).
 BAND_ELEMENTS = 1 << 20
 
-#: Channels interleaved along W that the ``M ⊗ I_C`` GEMM takes (its work grows with C).
+#: Values per pixel (channels) this path takes: it loops over them in Python, which
+#: pays for images (1 to 4) but not for feature maps (the whole-kernel path does those).
 MAX_INNER = 4
 
 
@@ -77,50 +78,37 @@ def axis_plan(n: int, taps: np.ndarray, stride: int, padding: int, edge: int,
     return AxisPlan(n, -(-n // TILE), lo, edge, matrix)
 
 
-def supports(shape: tuple[int, ...], edge: int, lo_ok: bool = True) -> bool:
-    """Whether an ``(outer, H, W, inner)`` array takes this path (few interleaved channels)."""
-    return len(shape) == 4 and shape[3] <= MAX_INNER and lo_ok
-
-
-def _h_pass(x: np.ndarray, rows: AxisPlan, tiles: range, band: np.ndarray,
-            offset: int) -> None:
-    """Tiles ``tiles`` along H of ``x`` (``(H, W*C)``) into ``band[:, offset:offset+W*C]``
-    (``band`` is ``(s_rows, Wpad*C)``): one GEMM per tile, ``M (sT, L) @ rows (L, W*C)``."""
-    width = rows.matrix.shape[0]
-    dtype = rows.matrix.dtype
-    for i, t in enumerate(tiles):
-        index = np.clip(np.arange(rows.matrix.shape[1]) + t * TILE + rows.lo - rows.edge,
-                        0, rows.n - 1)
-        lo, hi = index[0], index[-1] + 1
-        window = x[lo:hi].astype(dtype) if hi - lo == len(index) else x[index].astype(dtype)
-        np.matmul(rows.matrix, window, out=band[i * width:(i + 1) * width,
-                                                offset:offset + x.shape[1]])
-
-
 def _band(x: np.ndarray, out: np.ndarray, plans: tuple[AxisPlan, AxisPlan],
-          kron: np.ndarray, tiles: range) -> None:
+          tiles: range) -> None:
     """Output rows of H tiles ``tiles``: ``x`` is ``(H, W, C)``, ``out`` ``(s*H, s*W, C)``."""
     rows, cols = plans
     h, w, c = x.shape
-    s_rows = rows.matrix.shape[0] * len(tiles)
-    length = cols.matrix.shape[1]
-    # Pass 1, along H, into columns padded for pass 2's windows: column p of the band
-    # holds input column clamp(p + lo - edge), the edge extension along W.
+    dtype = rows.matrix.dtype
+    width = rows.matrix.shape[0]
+    s_rows, length = width * len(tiles), cols.matrix.shape[1]
+    # Pass 1, along H, one channel plane at a time, into columns padded for pass 2's
+    # windows: column p of the band holds input column clamp(p + lo - edge).
     start = cols.edge - cols.lo
     padded = max(start + w, (cols.tiles - 1) * TILE + length)
-    band = np.empty((s_rows, padded, c), kron.dtype)
-    _h_pass(x.reshape(h, w * c), rows, tiles, band.reshape(s_rows, padded * c), start * c)
-    band[:, :start] = band[:, start:start + 1]
-    band[:, start + w:] = band[:, start + w - 1:start + w]
-    # Pass 2, along W: overlapping windows of each row, one strided view, one GEMM.
-    item = band.itemsize
-    windows = as_strided(band, (s_rows, cols.tiles, length * c),
-                         (padded * c * item, TILE * c * item, item), writeable=False)
-    y = np.matmul(windows, kron)                     # (s_rows, tiles, stride*TILE*C)
-    y = y.reshape(s_rows, -1, c)
-    first = tiles.start * rows.matrix.shape[0]
+    band = np.empty((c, s_rows, padded), dtype)
+    for i, t in enumerate(tiles):
+        index = np.clip(np.arange(rows.matrix.shape[1]) + t * TILE + rows.lo - rows.edge,
+                        0, h - 1)
+        window = x[index].transpose(2, 0, 1).astype(dtype)      # (C, L, W): planes
+        for ch in range(c):
+            np.matmul(rows.matrix, window[ch],
+                      out=band[ch, i * width:(i + 1) * width, start:start + w])
+    band[:, :, :start] = band[:, :, start:start + 1]
+    band[:, :, start + w:] = band[:, :, start + w - 1:start + w]
+    # Pass 2, along W: the overlapping windows of each row are one strided view.
+    first = tiles.start * width
     kept = min(s_rows, out.shape[0] - first)
-    _store(out[first:first + kept], y[:kept, :out.shape[1]])
+    item = band.itemsize
+    for ch in range(c):
+        windows = as_strided(band[ch], (kept, cols.tiles, length),
+                             (padded * item, TILE * item, item), writeable=False)
+        y = np.matmul(windows, cols.matrix.T).reshape(kept, -1)   # (rows, tiles*s*T)
+        _store(out[first:first + kept, :, ch], y[:, :out.shape[1]])
 
 
 def upsample_2d(x: np.ndarray, taps: np.ndarray, stride: int, padding: int, edge: int,
@@ -134,11 +122,9 @@ def upsample_2d(x: np.ndarray, taps: np.ndarray, stride: int, padding: int, edge
              axis_plan(w, taps, stride, padding, edge, compute))
     if plans[1].edge < plans[1].lo:
         raise ValueError("the kernel's window starts beyond the edge extension")
-    # M ⊗ I_C, transposed: row (m, c') of a window to column (q, c) of the output.
-    kron = np.ascontiguousarray(np.kron(plans[1].matrix, np.eye(c, dtype=compute)).T)
     per_tile = stride * TILE * stride * w * c
     band = max(1, BAND_ELEMENTS // per_tile)
-    pieces = [functools.partial(_band, x[o], out[o], plans, kron,
+    pieces = [functools.partial(_band, x[o], out[o], plans,
                                 range(b, min(b + band, plans[0].tiles)))
               for o in range(outer) for b in range(0, plans[0].tiles, band)]
     cpu_threads.run_pieces(pieces, len(os.sched_getaffinity(0)))
