@@ -54,12 +54,12 @@ def photo_like(height: int, width: int, seed: int) -> np.ndarray:
     return np.clip(np.asarray(base) + noise, 0, 255).astype(np.uint8)
 
 
-def make_folder(folder: Path, per_kind: int) -> list[Path]:
+def make_folder(folder: Path, per_kind: int, formats=FORMATS) -> list[Path]:
     """``per_kind`` images of every size and format in ``folder``; their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for (h, w) in SIZES:
-        for suffix in FORMATS:
+        for suffix in formats:
             for i in range(per_kind):
                 path = folder / f"{h}x{w}_{i}{suffix}"
                 files.write(path, photo_like(h, w, seed=len(paths)))
@@ -240,6 +240,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upsample-backend", default="auto",
                         choices=("auto", "cuda", "numpy", "emulated"),
                         help="upsample: gpu-tconv's backend (default auto)")
+    parser.add_argument("--upsample-formats", nargs="+", choices=FORMATS, default=list(FORMATS),
+                        help="upsample: the folder's file formats (default: .png .jpg)")
     parser.add_argument("--upsample-photo", action="store_true",
                         help="upsample: also a 12-megapixel JPEG x2, time and peak memory")
 
@@ -252,9 +254,10 @@ def run_from_args(args: argparse.Namespace) -> dict:
     kernel, scale, jobs = args.upsample_kernel, 2, args.upsample_jobs
     with tempfile.TemporaryDirectory(prefix="gpu-tconv-bench-") as tmp:
         work = Path(tmp)
-        paths = make_folder(work / "in", args.upsample_images)
-        print(f"{len(paths)} images ({', '.join(f'{w}x{h}' for h, w in SIZES)}; PNG and "
-              f"JPEG), {kernel} x{scale}, gpu-tconv on the {backend} backend")
+        paths = make_folder(work / "in", args.upsample_images, args.upsample_formats)
+        print(f"{len(paths)} images ({', '.join(f'{w}x{h}' for h, w in SIZES)}; "
+              f"{' and '.join(f[1:].upper() for f in args.upsample_formats)}), "
+              f"{kernel} x{scale}, gpu-tconv on the {backend} backend")
         rows = time_methods(paths, work, scale, kernel, backend, jobs)
         print(f"{'method':<18} {'jobs':>4} {'images/s':>9}   thread-seconds: "
               f"{'decode':>7} {'compute':>8} {'encode':>7}")
@@ -268,7 +271,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
         print(f"gpu-tconv --jobs {jobs} / --jobs 1: {summary['jobs_speedup']:.2f}x; "
               f"Pillow / gpu-tconv on {jobs} threads: "
               f"{summary['pillow_over_ours_same_pool']:.2f}x")
-        result = {"images": len(paths), "kernel": kernel, "scale": scale, "backend": backend,
+        result = {"images": len(paths), "formats": args.upsample_formats, "kernel": kernel, "scale": scale, "backend": backend,
                   "cores": pipeline.default_jobs(), "rows": rows, "summary": summary}
         if args.upsample_photo:
             photo = time_photo(work, scale, kernel, backend)

@@ -237,7 +237,7 @@ class CudaStage:
         with self.work_stream:
             result = self.compute(device, key)
             back = self.cupyx.empty_pinned(result.shape, result.dtype)
-            result.get(stream=self.work_stream, out=back)
+            result.get(stream=self.work_stream, out=back, blocking=False)
             done = self.work_stream.record()
         # The buffers stay referenced until collected: freeing one while a copy reads it
         # would hand its memory to the next allocation too early.

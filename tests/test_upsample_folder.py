@@ -2,8 +2,10 @@
 runs with --jobs (byte for byte the same as --jobs 1), batches through a stage, and the
 mistakes that must end in one line."""
 
+import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +176,63 @@ def test_batches_on_the_emulated_backend_equal_one_file_at_a_time():
             alone = gpu_tconv.upsample(arrays[source], 2, "bicubic", layout="HWC",
                                        backend="emulated")
             np.testing.assert_array_equal(results[target], alone)
+
+
+class _DeviceArray(np.ndarray):
+    """A stand-in CuPy array: host memory with CuPy's copy methods."""
+
+    def set(self, arr, stream=None):
+        self[...] = arr
+
+    def get(self, stream=None, out=None, blocking=True):
+        out[...] = self
+        return out
+
+
+class _Stream:
+    log: list = []
+
+    def __init__(self, non_blocking=False):
+        self.name = f"stream{len(_Stream.log)}"
+
+    def __enter__(self):
+        _Stream.log.append(("enter", self.name))
+
+    def __exit__(self, *exc):
+        pass
+
+    def record(self):
+        _Stream.log.append(("record", self.name))
+        return types.SimpleNamespace(synchronize=lambda: _Stream.log.append(("sync", self.name)))
+
+    def wait_event(self, event):
+        _Stream.log.append(("wait", self.name))
+
+
+def test_cuda_stage_with_stand_in_cupy_runs_the_emulated_kernel(monkeypatch):
+    # CudaStage's own code (pinned buffers, two streams, events) with CuPy standing in
+    # on the host, and the emulated backend computing: batched results are the same
+    # bits as one image at a time.
+    cupy = types.SimpleNamespace(
+        cuda=types.SimpleNamespace(Stream=_Stream),
+        empty=lambda shape, dtype: np.empty(shape, dtype).view(_DeviceArray))
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupyx", types.SimpleNamespace(empty_pinned=np.empty))
+    _Stream.log = []
+    stage = pipeline.CudaStage(lambda b, key: gpu_tconv.upsample(
+        np.asarray(b), 2, "lanczos", layout="NHWC", backend="emulated").view(_DeviceArray))
+    batches = [np.random.default_rng(i).integers(0, 256, (2, 4, 3, 3), dtype=np.uint8)
+               for i in range(2)]
+    handles = [stage.submit(b, None) for b in batches]
+    for b, handle in zip(batches, handles):
+        got = stage.collect(handle)
+        for i in range(2):
+            np.testing.assert_array_equal(got[i], gpu_tconv.upsample(
+                b[i], 2, "lanczos", layout="HWC", backend="emulated"))
+    copy, work = stage.copy_stream.name, stage.work_stream.name
+    # the copy in is recorded on the copy stream, which the work stream waits for
+    assert _Stream.log[:4] == [("enter", copy), ("record", copy), ("wait", work),
+                               ("enter", work)]
 
 
 @pytest.mark.gpu
