@@ -319,8 +319,12 @@ def test_the_readme_picture_is_the_commands_output(capsys, tmp_path):
     status, out, err = run(capsys, "upsample", "--compare", tmp_path / "k.png", "--scale", 6,
                            "--backend", "numpy")
     assert status == 0, err
-    fresh = np.asarray(Image.open(tmp_path / "k.png"))
-    np.testing.assert_array_equal(fresh, np.asarray(Image.open(PICTURE)))
+    fresh = np.asarray(Image.open(tmp_path / "k.png")).astype(int)
+    committed = np.asarray(Image.open(PICTURE)).astype(int)
+    # The same picture, up to a float32 value that rounds the other way on another
+    # CPU or BLAS (at a few pixels, by one level).
+    assert fresh.shape == committed.shape
+    assert np.abs(fresh - committed).max() <= 1 and (fresh != committed).mean() < 0.005
     assert 10_000 < PICTURE.stat().st_size < 100_000 and fresh.shape == (158, 588, 3)
     readme = (ROOT / "README.md").read_text()
     assert PICTURE_COMMAND in readme and "docs/upsample-kernels.png" in readme.split("\n## ")[0]
