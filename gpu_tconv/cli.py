@@ -13,6 +13,7 @@ number of values (``--input 32 32``), which the per-dimension parameters need.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import sys
@@ -69,7 +70,7 @@ def _compute(batch, key: tuple[str, str], args: argparse.Namespace, backend: str
     kind, layout = key
     if kind == "image":          # images of one size: one call for the whole stack
         return upsample(batch, args.scale, args.kernel, layout="N" + layout, backend=backend)
-    xp = np if isinstance(batch, np.ndarray) else __import__("cupy")
+    xp = np if isinstance(batch, np.ndarray) else importlib.import_module("cupy")
     return xp.stack([upsample(a, args.scale, args.kernel, layout=layout, backend=backend)
                      for a in batch])
 

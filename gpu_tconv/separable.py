@@ -127,8 +127,15 @@ def upsample_2d(x: np.ndarray, taps: np.ndarray, stride: int, padding: int, edge
     pieces = [functools.partial(_band, x[o], out[o], plans,
                                 range(b, min(b + band, plans[0].tiles)))
               for o in range(outer) for b in range(0, plans[0].tiles, band)]
-    cpu_threads.run_pieces(pieces, len(os.sched_getaffinity(0)))
+    cpu_threads.run_pieces(pieces, _cores())
     return out
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _store(dst: np.ndarray, y: np.ndarray) -> None:
