@@ -384,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add_command(
         commands, "bench", "Time gpu_tconv's CUDA kernels against cuDNN and GEMM + col2im on "
         "standard layer shapes (without a GPU: says so); with --cpu, the NumPy backend against "
-        "PyTorch's CPU conv_transpose. Print a table, write JSON.",
+        "PyTorch's CPU conv_transpose; with --upsample, folder runs of the upsampler against "
+        "Pillow and PyTorch. Print a table, write JSON.",
         f"  {PROG} bench --only DCGAN --dtypes float16\n  {PROG} bench --cpu\n"
         f"  {PROG} bench --cpu --only DCGAN --repeats 3\n"
         f"  {PROG} bench --upsample --upsample-photo   # images/s against Pillow and PyTorch")
