@@ -8,6 +8,7 @@ ARG CUDA_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04
 FROM ${CUDA_IMAGE}
 
 ARG DEBIAN_FRONTEND=noninteractive
+# Not pinned to versions (see .hadolint.yaml): the base image's tag pins the release.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
@@ -27,13 +28,16 @@ RUN pip install "/tmp/gpu-tconv[cuda]" \
  && rm -rf /tmp/gpu-tconv \
  && gpu-tconv --version && python -c "import cupy, PIL, tqdm"
 
-# Not root. Compiled kernels are cached under /tmp, so the image also works with
-# `--user "$(id -u):$(id -g)"` (for writing into a mounted folder as oneself).
-RUN useradd --create-home --shell /usr/sbin/nologin tconv \
- && mkdir /data && chown tconv:tconv /data
+# Not root, and by number: a host (or Kubernetes' runAsNonRoot) can check a numeric
+# user without the image's /etc/passwd. Compiled kernels are cached under /tmp, so the
+# image also works with `--user "$(id -u):$(id -g)"` (writing into a mounted folder as
+# oneself).
+RUN groupadd --gid 10001 tconv \
+ && useradd --create-home --shell /usr/sbin/nologin --uid 10001 --gid 10001 tconv \
+ && mkdir /data && chown 10001:10001 /data
 ENV CUPY_CACHE_DIR=/tmp/cupy-kernel-cache \
     GPU_TCONV_CACHE_DIR=/tmp/gpu-tconv-cache
-USER tconv
+USER 10001:10001
 WORKDIR /data
 
 ENTRYPOINT ["gpu-tconv"]

@@ -13,6 +13,7 @@ number of values (``--input 32 32``), which the per-dimension parameters need.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import sys
@@ -22,13 +23,13 @@ from typing import Sequence
 
 import numpy as np
 
-from . import (__version__, batch, bench_cpu, bench_gpu, cuda_backend, dispatch, emulated_backend,
-               explain, files)
+from . import (__version__, batch, bench_cpu, bench_gpu, bench_upsample, cuda_backend, dispatch,
+               emulated_backend, explain, files, pipeline)
 from .api import available_backends, conv_transpose
 from .geometry import geometry_from_shapes
 from .layout import spatial_layout
 from .sample import SAMPLE_SIZE, sample_image
-from .upsample import KERNELS, interpolation_kernel, upsample
+from .upsample import KERNELS, tap_count, upsample
 
 PROG = "gpu-tconv"
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -53,18 +54,41 @@ def _fail(message: str) -> None:
 
 # ---------------------------------------------------------------------------- upsample
 
+def _load(source: Path, args: argparse.Namespace) -> tuple[np.ndarray, tuple[str, str]]:
+    """The array in ``source`` and its key: ``("image", "HW"/"HWC")`` or ``("npy", layout)``."""
+    array, layout = files.read(source, args.allow_large_images)
+    if layout is None:  # .npy: the flag says which axes are batch and channels
+        try:
+            return array, ("npy", args.layout or spatial_layout(array.ndim).letters)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from error
+    return array, ("image", layout)
+
+
+def _compute(batch, key: tuple[str, str], args: argparse.Namespace, backend: str):
+    """The upsampled batch (NumPy or CuPy), stacked along a new first axis."""
+    kind, layout = key
+    if kind == "image":          # images of one size: one call for the whole stack
+        return upsample(batch, args.scale, args.kernel, layout="N" + layout, backend=backend)
+    xp = np if isinstance(batch, np.ndarray) else importlib.import_module("cupy")
+    return xp.stack([upsample(a, args.scale, args.kernel, layout=layout, backend=backend)
+                     for a in batch])
+
+
+def _save(target: Path, result: np.ndarray, key) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    files.write(target, result)
+
+
 def _upsample_file(source: Path, target: Path, args: argparse.Namespace,
                    backend: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Read, upsample and write one file; the shapes before and after."""
-    array, layout = files.read(source)
+    array, key = _load(source, args)
     try:
-        if layout is None:  # .npy: the flag says which axes are batch and channels
-            layout = args.layout or spatial_layout(array.ndim).letters
-        result = upsample(array, args.scale, args.kernel, layout=layout, backend=backend)
+        result = _compute(array[None], key, args, backend)[0]
     except (ValueError, TypeError) as error:
         raise ValueError(f"{source}: {error}") from error
-    target.parent.mkdir(parents=True, exist_ok=True)
-    files.write(target, result)
+    _save(target, result, key)
     return array.shape, result.shape
 
 
@@ -79,22 +103,41 @@ def _upsample_sample(args: argparse.Namespace, backend: str) -> int:
     return 0
 
 
+#: Input bytes stacked into one batch on the GPU: large enough that a launch covers many
+#: photos, small enough for the batch, its float copy and the result on any GPU.
+CUDA_BATCH_BYTES = 64 * 2**20
+
+
+def _folder_stage(args: argparse.Namespace, backend: str):
+    compute = lambda batch, key: _compute(batch, key, args, backend)
+    if backend == "cuda":
+        return pipeline.CudaStage(compute), CUDA_BATCH_BYTES
+    return pipeline.HostStage(compute), 0
+
+
 def _upsample_folder(source: Path, target: Path, args: argparse.Namespace, backend: str) -> int:
     from tqdm import tqdm
 
     if target.exists() and not target.is_dir():
-        raise ValueError(f"{target} exists and is not a folder")
+        raise ValueError(f"{target}: {files.what_is(target)}; the output of a folder must be "
+                         "a folder")
     plan = batch.plan_folder(source, target, args.overwrite)
+    stage, batch_bytes = _folder_stage(args, backend)
     failed = 0
     # The bar goes to stderr and only to a terminal, so piped output stays clean.
-    for path, out in tqdm(plan.todo, desc=PROG, unit="file", disable=None, file=sys.stderr):
-        try:
-            _upsample_file(path, out, args, backend)
-        except (ValueError, TypeError, OSError) as error:  # one bad file does not stop the run
-            failed += 1
-            tqdm.write(f"{PROG}: error: {error}", file=sys.stderr)
+    with tqdm(total=len(plan.todo), desc=PROG, unit="file", disable=None,
+              file=sys.stderr) as bar:
+        for outcome in pipeline.run(plan.todo, lambda path: _load(path, args), stage, _save,
+                                    args.jobs, batch_bytes):
+            bar.update()
+            if outcome.error is not None:   # one bad file does not stop the run
+                failed += 1
+                message = str(outcome.error)
+                if not message.startswith(str(outcome.source)):
+                    message = f"{outcome.source}: {message}"
+                tqdm.write(f"{PROG}: error: {message}", file=sys.stderr)
     print(f"{target}: {len(plan.todo) - failed} upsampled ({args.kernel} x{args.scale}, "
-          f"{backend} backend), {len(plan.done)} already done and skipped, "
+          f"{backend} backend, {args.jobs} jobs), {len(plan.done)} already done and skipped, "
           f"{len(plan.ignored)} ignored (not {'/'.join(files.SUFFIXES)}), {failed} failed")
     if failed:
         _fail(f"{failed} of {len(plan.todo)} files failed; the others are written, and "
@@ -108,9 +151,30 @@ def _describe(shapes, args: argparse.Namespace, backend: str, start: float) -> s
             f"{time.perf_counter() - start:.2f} s")
 
 
+def _upsample_compare(args: argparse.Namespace, backend: str) -> int:
+    from .compare import COMPARED, kernel_comparison
+
+    image = None
+    if args.input is not None:
+        image, key = _load(Path(args.input), args)
+        if key != ("image", "HWC") and key != ("image", "HW"):
+            raise ValueError(f"{args.input}: --compare takes an image")
+    picture = kernel_comparison(image, args.scale, backend)
+    target = Path(args.compare)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    files.write(target, picture)
+    print(f"wrote {target}: {', '.join(COMPARED)} x{args.scale} side by side "
+          f"({picture.shape[1]}x{picture.shape[0]}, {target.stat().st_size // 1024} KiB)")
+    return 0
+
+
 def _cmd_upsample(args: argparse.Namespace) -> int:
-    interpolation_kernel(args.kernel, args.scale)      # a bad --scale fails before any I/O
+    tap_count(args.kernel, args.scale)                 # a bad --scale fails before any I/O
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     backend = dispatch.resolve(args.backend)           # so does an unusable --backend
+    if args.compare:
+        return _upsample_compare(args, backend)
     if args.input is None:
         return _upsample_sample(args, backend)
     source = Path(args.input)
@@ -119,8 +183,12 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
     target = Path(args.output) if args.output else batch.default_output(source, args.scale)
     if source.is_dir():
         return _upsample_folder(source, target, args, backend)
+    if not source.is_file():
+        raise ValueError(f"{source}: {files.what_is(source)}")
     if target.is_dir():
         target = target / source.name
+    if os.path.lexists(target) and not target.is_file():
+        raise ValueError(f"{target}: {files.what_is(target)}; give a file or folder to write")
     if target.exists() and not args.overwrite:
         print(f"{target} exists, skipped (--overwrite replaces it)")
         return 0
@@ -202,6 +270,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.upsample:
+        bench_upsample.run_from_args(args)
+        return 0
     (bench_cpu if args.cpu else bench_gpu).run_from_args(args)
     return 0
 
@@ -239,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"  {PROG} upsample                         # the built-in sample, written here\n"
         f"  {PROG} upsample photo.png --scale 4     # -> photo_x4.png\n"
         f"  {PROG} upsample volume.npy big.npy --scale 2 --layout NCDHW\n"
-        f"  {PROG} upsample shots/ --scale 3        # -> shots_x3/, resumable\n\n"
+        f"  {PROG} upsample shots/ --scale 3        # -> shots_x3/, resumable\n"
+        f"  {PROG} upsample photo.jpg --kernel lanczos\n"
+        f"  {PROG} upsample --compare kernels.png --scale 6   # the kernels side by side\n\n"
         "Images are PNG, JPEG or TIFF; integer data is rounded and clipped back to its "
         "dtype.\nAn output that exists is kept (a folder run resumes where it stopped) "
         "unless --overwrite.")
@@ -253,8 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="factor for every spatial size (default 2)")
     p.add_argument("--kernel", choices=KERNELS, default="bilinear",
                    help="bilinear: linear/bilinear/trilinear interpolation, equal to PyTorch's "
-                        "interpolate(align_corners=False); nearest: repeat each element "
-                        "(default bilinear)")
+                        "interpolate(align_corners=False); bicubic: Keys a=-0.75, equal to "
+                        "PyTorch's bicubic; lanczos: a=3, as Pillow's LANCZOS; nearest: "
+                        "repeat each element (default bilinear)")
     p.add_argument("--layout", metavar="AXES",
                    help="for .npy arrays: one letter per axis, N batch, C channels, any "
                         "other letter spatial (e.g. NCHW, HWC, NCDHW); default: every axis "
@@ -262,6 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=dispatch.BACKENDS, default="auto",
                    help="default auto: cuda when usable, else numpy")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    p.add_argument("--jobs", type=int, default=pipeline.default_jobs(), metavar="N",
+                   help="threads that read, decode, encode and write files in a folder run "
+                        "while the upsampling computes (default: the cores, "
+                        f"{pipeline.default_jobs()} here); results do not depend on it")
+    p.add_argument("--compare", metavar="OUT.png",
+                   help="write IN (default: a crop of the built-in sample) upsampled with "
+                        "every kernel, side by side and labelled, to OUT.png")
+    p.add_argument("--allow-large-images", action="store_true",
+                   help="read images above Pillow's decompression-bomb limit "
+                        "(about 89 megapixels)")
     p.set_defaults(run=_cmd_upsample)
 
     p = _add_command(
@@ -300,13 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add_command(
         commands, "bench", "Time gpu_tconv's CUDA kernels against cuDNN and GEMM + col2im on "
         "standard layer shapes (without a GPU: says so); with --cpu, the NumPy backend against "
-        "PyTorch's CPU conv_transpose. Print a table, write JSON.",
+        "PyTorch's CPU conv_transpose; with --upsample, folder runs of the upsampler against "
+        "Pillow and PyTorch. Print a table, write JSON.",
         f"  {PROG} bench --only DCGAN --dtypes float16\n  {PROG} bench --cpu\n"
-        f"  {PROG} bench --cpu --only DCGAN --repeats 3")
+        f"  {PROG} bench --cpu --only DCGAN --repeats 3\n"
+        f"  {PROG} bench --upsample --upsample-photo   # images/s against Pillow and PyTorch")
     p.add_argument("--cpu", action="store_true",
                    help="the CPU benchmark instead of the GPU one")
     bench_cpu.add_arguments(p)
     bench_gpu.add_arguments(p)
+    bench_upsample.add_arguments(p)
     p.set_defaults(run=_cmd_bench)
 
     p = _add_command(commands, "info", "Print the version, the backends usable here and why "

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
+import threading
+import warnings
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 import numpy as np
+
+from . import memory
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 ARRAY_SUFFIXES = (".npy",)
@@ -30,33 +35,105 @@ def is_supported(path: Path) -> bool:
     return path.suffix.lower() in SUFFIXES
 
 
-def read(path: Path) -> tuple[np.ndarray, str | None]:
+def what_is(path: Path) -> str:
+    """What is at ``path`` when it is not a regular file: ``"no such file"``, ``"a folder,
+    not a file"``, ``"a character device, not a file"`` (``/dev/null``) and so on."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return f"{kind}, not a file"
+    return "a regular file"
+
+
+def read(path: Path, allow_large: bool = False) -> tuple[np.ndarray, str | None]:
     """The array in ``path`` and, for an image, its layout (``"HW"`` or ``"HWC"``).
 
     ``.npy`` files have no known layout (``None``). Raises ``ValueError`` naming the
-    file if it is missing, of an unknown kind or unreadable.
+    file if it is missing or not a regular file, of an unknown kind, unreadable, too
+    large for memory, or an image above Pillow's decompression-bomb limit
+    (``Image.MAX_IMAGE_PIXELS``) unless ``allow_large``.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.is_file():
-        raise ValueError(f"{path}: no such file")
+        raise ValueError(f"{path}: {what_is(path)}")
     if suffix in ARRAY_SUFFIXES:
         try:
             return np.load(path, allow_pickle=False), None
         except (OSError, ValueError) as error:
             raise ValueError(f"{path}: not a readable .npy array ({error})") from error
     if suffix in IMAGE_SUFFIXES:
-        array = _read_image(path)
+        array = _read_image(path, allow_large)
         return array, "HW" if array.ndim == 2 else "HWC"
     raise ValueError(f"{path}: unsupported file type {path.suffix!r} "
                      f"(supported: {', '.join(SUFFIXES)})")
 
 
-def _read_image(path: Path) -> np.ndarray:
+_LIMIT_LOCK = threading.RLock()
+
+
+def _open_image(path: Path, allow_large: bool):
+    """Pillow's lazy image: only the header is read. Its decompression-bomb warning (an
+    image of more than ``Image.MAX_IMAGE_PIXELS``) becomes an error, unless allowed."""
+    from PIL import Image
+
+    # catch_warnings changes the process's filters: one thread at a time (only the
+    # header is read here, so the lock is held briefly).
+    with _LIMIT_LOCK, warnings.catch_warnings():
+        # Caught here, not only warned about: the check is the point (and a warning
+        # would not stop a folder run from decoding a few gigabytes).
+        warnings.simplefilter("ignore" if allow_large else "error",
+                              Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+            if not allow_large or isinstance(error, Image.DecompressionBombWarning):
+                raise ValueError(f"{path}: {_bomb_message(error)}") from error
+            image = None
+    if image is None:   # above twice the limit, which Pillow refuses even without warnings
+        with _LIMIT_LOCK:  # the limit is Pillow's global: one thread lifts it at a time
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+    return image
+
+
+def _bomb_message(error: Exception) -> str:
+    from PIL import Image
+
+    del error  # Pillow's text repeats the limit, twice as large for its hard error
+    return (f"more pixels than Pillow's limit against decompression bombs "
+            f"({Image.MAX_IMAGE_PIXELS}: a file made to exhaust memory looks like this); "
+            "if the image is genuine, --allow-large-images reads it")
+
+
+def _read_image(path: Path, allow_large: bool = False) -> np.ndarray:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as image:
+        image = _open_image(path, allow_large)
+    except (OSError, ValueError) as error:
+        if str(error).startswith(f"{path}: "):   # already says what is wrong
+            raise
+        raise ValueError(f"{path}: not a readable image ({error})") from error
+    bytes_per_value = 2 if image.mode.startswith("I;16") else 4 if image.mode in "IF" else 1
+    try:
+        memory.check_decoded(str(path), image.width * image.height,
+                             len(image.getbands()) * bytes_per_value)
+    except ValueError:
+        image.close()
+        raise
+    try:
+        with image:
             # Turned upright as viewers show it: the result is written without EXIF tags.
             image = ImageOps.exif_transpose(image)
             if image.mode.startswith("I;16"):
@@ -75,10 +152,13 @@ def write(path: Path, array: np.ndarray) -> None:
     """Write ``array`` to ``path`` atomically, as ``.npy`` or as the image its suffix names.
 
     Images must be ``(H, W)`` or ``(H, W, C)`` with C in 1..4 and a dtype the format
-    holds; ``ValueError`` says so otherwise.
+    holds; ``ValueError`` says so otherwise, and when ``path`` is something other than
+    a regular file (a folder, ``/dev/null``): the rename would replace it.
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if os.path.lexists(path) and not path.is_file():
+        raise ValueError(f"{path}: {what_is(path)}; give a file name to write")
     if suffix in ARRAY_SUFFIXES:
         _write_atomically(path, lambda f: np.save(f, array, allow_pickle=False))
     elif suffix in IMAGE_SUFFIXES:

@@ -111,7 +111,7 @@ def kernel_dtype(dtype: torch.dtype) -> tuple[torch.dtype, np.dtype]:
     itself where the kernels have an instantiation for it; bfloat16 without one is
     computed in float32 and rounded once."""
     if dtype == torch.bfloat16:
-        native = next((d for d in launch.C_TYPES if d.name == "bfloat16"), None)
+        native = next((d for d in launch.kernel_dtypes() if d.name == "bfloat16"), None)
         return (dtype, native) if native is not None else (torch.float32, _NUMPY[torch.float32])
     return dtype, _NUMPY[dtype]
 
