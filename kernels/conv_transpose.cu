@@ -28,8 +28,8 @@
 // (through CuPy), by nvcc (compile checks) and by the host C++ compiler through
 // a small CUDA shim (the emulated backend).
 
-#include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_bf16.h>
 
 namespace gpu_tconv {
 
