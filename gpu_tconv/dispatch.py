@@ -15,7 +15,7 @@ import numpy as np
 
 from . import (cuda_backend, emulated_backend, launch, numpy_backend, numpy_backward,
                numpy_formats, variants)
-from .formats import bfloat16_dtype, check_precision, round_to_tf32, uses_tf32
+from .formats import bfloat16_dtype, check_precision, is_bfloat16, round_to_tf32, uses_tf32
 from .geometry import IntOrTuple, Padding, check_dtypes, geometry_from_shapes
 
 logger = logging.getLogger("gpu_tconv")
@@ -111,7 +111,8 @@ def _operand(a, name: str, optional: bool = False):
         array = _as_array(a)
     except (TypeError, ValueError, RuntimeError) as error:
         raise TypeError(f"{name} must be an array, got {type(a).__name__} ({error})") from error
-    if array.dtype == object or array.dtype.kind in "USVM":
+    # ml_dtypes' bfloat16 is of kind "V" (a user-defined type) to NumPy.
+    if array.dtype == object or (array.dtype.kind in "USVM" and not is_bfloat16(array.dtype)):
         raise TypeError(f"{name} must be an array of numbers, got {type(a).__name__}")
     return array
 

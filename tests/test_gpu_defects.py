@@ -237,7 +237,7 @@ def test_gradients_and_temporaries_come_from_the_callers_allocator(monkeypatch):
     from gpu_tconv import emulated_backend
 
     dx, dw, db = dispatch._kernel_gradients(np, emulated_backend.run_plan, dy, x, w, g,
-                                            dispatch.NEEDS, empty)
+                                            dispatch.NEEDS, empty=empty)
     assert allocated == [(x.shape, x.dtype), (w.shape, w.dtype), ((chunks, *w.shape), x.dtype),
                          ((g.c_out,), x.dtype)]
     expected = gpu_tconv.conv_transpose_backward(dy, x, w, stride=2, backend="numpy")

@@ -251,8 +251,8 @@ def test_device_path_on_the_emulated_kernels(rank, channels_last):
 
 
 def test_gradient_kernels_get_a_pytorch_allocator(monkeypatch):
-    """Where the gradient kernels take an ``empty`` allocator, every array they allocate
-    is a torch.empty tensor, and the gradients come back as those tensors."""
+    """Every array the gradient kernels allocate through their ``empty`` allocator is a
+    torch.empty tensor, and the gradients come back as those tensors."""
     calls = []
     real = device.dispatch._kernel_gradients
 
@@ -260,15 +260,13 @@ def test_gradient_kernels_get_a_pytorch_allocator(monkeypatch):
         calls.append(empty)
         workspace = empty((3,), np.float32)  # a temporary, as a workspace would be
         assert workspace.shape == (3,)
-        return real(xp, run, dy, x, weight, geometry, needs)
+        return real(xp, run, dy, x, weight, geometry, needs, empty=empty)
 
     x, w, _ = operands(2, requires_grad=True)
     p = params(2)
     dy = torch.randn(OP(x, w, None, *p).shape, dtype=x.dtype)
     expected = torch.autograd.grad(torch_oracle(x, w, None, *p), (x, w), dy)
     monkeypatch.setattr(device.dispatch, "_kernel_gradients", with_allocator)
-    monkeypatch.setattr(device, "_ALLOCATOR_ARGUMENT", device._allocator_argument())
-    assert device._ALLOCATOR_ARGUMENT == "empty"
     made = []
     real_empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, **k: made.append(a) or real_empty(*a, **k))
@@ -280,7 +278,7 @@ def test_gradient_kernels_get_a_pytorch_allocator(monkeypatch):
 
 def test_bfloat16_runs_in_float32_unless_the_kernels_have_it(monkeypatch):
     assert formats.kernel_dtype(torch.float16) == (torch.float16, np.dtype(np.float16))
-    native = {d.name for d in device.launch.C_TYPES}
+    native = {d.name for d in device.launch.kernel_dtypes()}
     expected = torch.bfloat16 if "bfloat16" in native else torch.float32
     assert formats.kernel_dtype(torch.bfloat16)[0] == expected
 

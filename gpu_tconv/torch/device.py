@@ -20,7 +20,6 @@ computed in float32 and rounded once.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 
 import numpy as np
@@ -120,7 +119,8 @@ class _Allocations:
 
     def tensor(self, array) -> torch.Tensor:
         """The tensor whose memory ``array`` is (an allocation of this object)."""
-        pointer = array.data.ptr if hasattr(array.data, "ptr") else array.ctypes.data
+        # Not array.data for NumPy: a buffer of ml_dtypes' bfloat16 cannot be exported.
+        pointer = array.ctypes.data if isinstance(array, np.ndarray) else array.data.ptr
         for t in self._tensors:
             if t.data_ptr() == pointer and tuple(t.shape) == tuple(array.shape):
                 return t
@@ -137,29 +137,12 @@ class _Namespace:
         return getattr(self._xp, name)
 
 
-def _allocator_argument() -> str | int | None:
-    """How ``dispatch._kernel_gradients`` takes an allocator: by the keyword ``empty``,
-    as its eighth positional argument, or not at all (``None``)."""
-    parameters = list(inspect.signature(dispatch._kernel_gradients).parameters.values())
-    if any(p.name == "empty" for p in parameters):
-        return "empty"
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) if len(positional) > 7 else None
-
-
-_ALLOCATOR_ARGUMENT = _allocator_argument()
-
-
 def _kernel_gradients(launcher, empty: _Allocations, dy, x, weight, geometry: Geometry, needs):
-    # The allocator argument, where the gradient kernels take one, also covers their
-    # workspaces; the namespace makes their ``xp.empty`` PyTorch's in any case.
+    # The allocator covers the gradients and their workspaces; the namespace makes any
+    # other ``xp.empty`` PyTorch's too.
     xp = _Namespace(launcher.xp, empty)
-    args = (xp, launcher.run, dy, x, weight, geometry, needs)
-    if _ALLOCATOR_ARGUMENT == "empty":
-        return dispatch._kernel_gradients(*args, empty=empty)
-    if _ALLOCATOR_ARGUMENT is not None:
-        return dispatch._kernel_gradients(*args, empty)
-    return dispatch._kernel_gradients(*args)
+    return dispatch._kernel_gradients(xp, launcher.run, dy, x, weight, geometry, needs,
+                                      empty=empty)
 
 
 def _prepared(tensors, compute: torch.dtype, channels_last: bool):
