@@ -252,7 +252,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", metavar="TEXT",
                         help="run the configurations whose name contains TEXT")
     parser.add_argument("--group", choices=("common", "kernelbench", "sweep"),
-                        help="run one group of configurations (default: all)")
+                        help="CPU: run one group of layers (see gpu_tconv.bench_cpu_layers; "
+                             "default: all)")
     parser.add_argument("--default-heap", action="store_true",
                         help="leave glibc's allocator as it is (timings then depend on what "
                              "the process freed before; see warm_heap)")
