@@ -240,6 +240,41 @@ __global__ void conv_transpose_grad_input(
     }
 }
 
+// One weight element of the weight gradient: its input and output channel (ci and
+// co, the latter across groups) from its flat index e in the layout (C_in, C_out/G,
+// k0, k1, k2), and the inputs its tap q reaches, per dimension the i in [lo, hi)
+// with 0 <= i*stride + q*dil - pad < out (o = i*stride - r, r = pad - q*dil).
+template <typename I>
+struct WeightReach { I ci, co, r0, r1, r2, lo0, lo1, lo2, hi0, hi1, hi2; };
+
+template <typename I>
+__device__ __forceinline__ I reach_low(I r, I stride) {
+    return r > 0 ? (r + stride - 1) / stride : 0;
+}
+
+template <typename I>
+__device__ __forceinline__ I reach_high(I r, I stride, I out, I in) {
+    const I hi = out - 1 + r < 0 ? 0 : (out - 1 + r) / stride + 1;
+    return hi > in ? in : hi;
+}
+
+template <typename I>
+__device__ __forceinline__ WeightReach<I> weight_reach(
+        I e, I c_in_per_group, I c_out_per_group, I k0, I k1, I k2, I in0, I in1, I in2,
+        I out0, I out1, I out2, I stride0, I stride1, I stride2, I pad0, I pad1, I pad2,
+        I dil0, I dil1, I dil2) {
+    const I q2 = e % k2; e /= k2;
+    const I q1 = e % k1; e /= k1;
+    const I q0 = e % k0; e /= k0;
+    const I co_in_group = e % c_out_per_group;
+    const I ci = e / c_out_per_group;
+    const I r0 = pad0 - q0 * dil0, r1 = pad1 - q1 * dil1, r2 = pad2 - q2 * dil2;
+    return {ci, (ci / c_in_per_group) * c_out_per_group + co_in_group, r0, r1, r2,
+            reach_low(r0, stride0), reach_low(r1, stride1), reach_low(r2, stride2),
+            reach_high(r0, stride0, out0, in0), reach_high(r1, stride1, out1, in1),
+            reach_high(r2, stride2, out2, in2)};
+}
+
 // dw[ci, co, k] = sum over samples n and inputs i of
 //                 x[n, ci, i] * dy[n, group*C_out/G + co, i*stride + k*dil - pad], where in range.
 template <typename T, typename I, bool CHANNELS_LAST>
@@ -265,25 +300,10 @@ __global__ void conv_transpose_grad_weight(
 
     for (I index = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; index < total;
          index += (I)blockDim.x * (I)gridDim.x) {
-        I rest = index;  // weight layout (C_in, C_out/G, k0, k1, k2)
-        const I q2 = rest % k2; rest /= k2;
-        const I q1 = rest % k1; rest /= k1;
-        const I q0 = rest % k0; rest /= k0;
-        const I co_in_group = rest % c_out_per_group;
-        const I ci = rest / c_out_per_group;
-        const I co = (ci / c_in_per_group) * c_out_per_group + co_in_group;
-
-        // Inputs i with 0 <= i*stride + q*dil - pad < out, per dimension: [lo, hi).
-        const I r0 = pad0 - q0 * dil0, r1 = pad1 - q1 * dil1, r2 = pad2 - q2 * dil2;
-        const I lo0 = r0 > 0 ? (r0 + stride0 - 1) / stride0 : 0;
-        const I lo1 = r1 > 0 ? (r1 + stride1 - 1) / stride1 : 0;
-        const I lo2 = r2 > 0 ? (r2 + stride2 - 1) / stride2 : 0;
-        I hi0 = out0 - 1 + r0 < 0 ? 0 : (out0 - 1 + r0) / stride0 + 1;
-        I hi1 = out1 - 1 + r1 < 0 ? 0 : (out1 - 1 + r1) / stride1 + 1;
-        I hi2 = out2 - 1 + r2 < 0 ? 0 : (out2 - 1 + r2) / stride2 + 1;
-        if (hi0 > in0) hi0 = in0;
-        if (hi1 > in1) hi1 = in1;
-        if (hi2 > in2) hi2 = in2;
+        const I rest = index;  // weight layout (C_in, C_out/G, k0, k1, k2)
+        const auto [ci, co, r0, r1, r2, lo0, lo1, lo2, hi0, hi1, hi2] = weight_reach(
+            rest, c_in_per_group, c_out_per_group, k0, k1, k2, in0, in1, in2,
+            out0, out1, out2, stride0, stride1, stride2, pad0, pad1, pad2, dil0, dil1, dil2);
 
         Acc acc = 0;
         for (I n = 0; n < batch; ++n) {
@@ -349,25 +369,10 @@ __global__ void conv_transpose_grad_weight_partial(
     for (I index = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; index < total;
          index += (I)blockDim.x * (I)gridDim.x) {
         const I chunk = index / elements;
-        I rest = index - chunk * elements;  // weight layout (C_in, C_out/G, k0, k1, k2)
-        const I q2 = rest % k2; rest /= k2;
-        const I q1 = rest % k1; rest /= k1;
-        const I q0 = rest % k0; rest /= k0;
-        const I co_in_group = rest % c_out_per_group;
-        const I ci = rest / c_out_per_group;
-        const I co = (ci / c_in_per_group) * c_out_per_group + co_in_group;
-
-        // Inputs i with 0 <= i*stride + q*dil - pad < out, per dimension: [lo, hi).
-        const I r0 = pad0 - q0 * dil0, r1 = pad1 - q1 * dil1, r2 = pad2 - q2 * dil2;
-        const I lo0 = r0 > 0 ? (r0 + stride0 - 1) / stride0 : 0;
-        const I lo1 = r1 > 0 ? (r1 + stride1 - 1) / stride1 : 0;
-        const I lo2 = r2 > 0 ? (r2 + stride2 - 1) / stride2 : 0;
-        I hi0 = out0 - 1 + r0 < 0 ? 0 : (out0 - 1 + r0) / stride0 + 1;
-        I hi1 = out1 - 1 + r1 < 0 ? 0 : (out1 - 1 + r1) / stride1 + 1;
-        I hi2 = out2 - 1 + r2 < 0 ? 0 : (out2 - 1 + r2) / stride2 + 1;
-        if (hi0 > in0) hi0 = in0;
-        if (hi1 > in1) hi1 = in1;
-        if (hi2 > in2) hi2 = in2;
+        const I rest = index - chunk * elements;  // weight layout (C_in, C_out/G, k0, k1, k2)
+        const auto [ci, co, r0, r1, r2, lo0, lo1, lo2, hi0, hi1, hi2] = weight_reach(
+            rest, c_in_per_group, c_out_per_group, k0, k1, k2, in0, in1, in2,
+            out0, out1, out2, stride0, stride1, stride2, pad0, pad1, pad2, dil0, dil1, dil2);
 
         // This chunk's range of the flattened reduction, taken row by row (a row:
         // one (n, i0, i1), in2 elements long).
