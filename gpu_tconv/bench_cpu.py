@@ -66,17 +66,26 @@ CONFIGS = [
 TEXTBOOK_CONFIGS = {"FCN depthwise k4 s2 p1 (1,21,64²)"}
 
 
+#: A call slower than this is warmed up once and timed 3 times (PyTorch's unoptimized
+#: paths, such as dilated 3-D layers, take seconds): the benchmark stays minutes long.
+SLOW_CALL_SECONDS = 0.5
+
+
 def median_ms(fn: Callable[[], object], repeats: int, pause: float,
               min_seconds: float = 0.2) -> float:
     """Median time of ``fn`` in ms: after a warm-up of at least 3 calls and 50 ms (caches,
     BLAS threads, the allocator's first page faults), at least ``repeats`` timed calls
-    and ``min_seconds`` in all, so that sub-millisecond cases get enough samples."""
+    and ``min_seconds`` in all, so that sub-millisecond cases get enough samples; a call
+    slower than :data:`SLOW_CALL_SECONDS` is warmed up once and timed 3 times."""
     time.sleep(pause)
     start = time.perf_counter()
     for calls in itertools.count(1):
         fn()
-        if calls >= 3 and time.perf_counter() - start >= 0.05:
+        elapsed = time.perf_counter() - start
+        if calls >= 3 and elapsed >= 0.05 or elapsed >= SLOW_CALL_SECONDS:
             break
+    if elapsed / calls >= SLOW_CALL_SECONDS:
+        repeats = min(repeats, 3)
     times: list[float] = []
     while len(times) < repeats or (sum(times) < min_seconds and len(times) < 1000):
         start = time.perf_counter()

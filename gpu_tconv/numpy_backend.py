@@ -109,7 +109,7 @@ def _reach(q: int, n_in: int, size: int) -> slice | None:
     return slice(lo, hi) if lo < hi else None
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=512)
 def _phases(g: Geometry) -> tuple[_Phase, ...]:
     """Group the taps by the output phase they write to (pure shape arithmetic, cached)."""
     per_dim = []
@@ -156,7 +156,7 @@ def _as_slice(ks: list[int]) -> slice:
     return slice(ks[0], ks[-1] + 1, step)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=512)
 def _slot_shifts(g: Geometry) -> tuple[int, ...]:
     """The gather formulation's copies of the input, as their shifts along the last
     dimension: every shift of a tap there, in any phase, once. A phase's taps have
@@ -225,13 +225,22 @@ PASSES_PER_CALL = 60000
 #: set from a few layers timed every way, where it won only with few input channels.
 STACKED_COPY_PASSES = 6
 
+#: What each element of a transposing copy costs, in passes (col2im_cl's input, output
+#: and weight).
+TRANSPOSE_PASSES = 3
+
+#: What reading an element with a stride of a cache line or more costs beyond a
+#: contiguous read, in passes (col2im_cl's additions when the weight is not reordered).
+STRIDED_READ_PASSES = 2
+
 #: What one contiguous run of a strided copy or addition costs beyond its elements, in
 #: element passes: it decides col2im on small images, whose rows are short.
 PASSES_PER_RUN = 30
 
 
-def method_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
-    """The modelled time of every formulation that can compute ``g``, in element passes
+def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
+    """The modelled time of every formulation that can compute ``g`` whole (no output
+    boxes: see :func:`method_costs`), in element passes
     of memory traffic (a GEMM flop costs ``1 / FLOPS_PER_PASS``; a NumPy call
     :data:`PASSES_PER_CALL`).
 
@@ -254,7 +263,12 @@ def method_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
       small images with large kernels or strides), copies the input once (``2 C_in I``)
       and adds each tap's block into the output, or copies it there where taps never
       overlap (``3`` or ``2 C_out K I``, times :data:`COL2IM_STRIDED_PENALTY`),
-      initializing the output first unless every output is one tap's (``C_out O``).
+      initializing the output first unless every output is one tap's (``C_out O``);
+    - ``col2im_cl`` is col2im with the channels innermost: the input and, unless the
+      arrays are channels-last, the output are copied transposed
+      (:data:`TRANSPOSE_PASSES` per element), and the additions run over channels, not
+      input rows; either the weight is copied transposed or every added element is read
+      with the taps' stride (:data:`STRIDED_READ_PASSES`).
 
     Strided copies and additions pay :data:`PASSES_PER_RUN` per contiguous run: the
     phases' writes into the output (runs of one output row's phase) and col2im's
@@ -287,6 +301,45 @@ def method_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
             + PASSES_PER_RUN * rows * (g.c_in + g.c_out * taps)
             + (g.c_out * outputs if not disjoint or not numpy_col2im.covers(g) else 0)
             + PASSES_PER_CALL * 2 * taps)
+    if applies(g, "col2im_cl", dtype):
+        disjoint = numpy_col2im.disjoint(g)
+        added = inputs * g.c_out * taps
+        reorder = g.batch * math.prod(g.in_size) >= g.c_in_per_group
+        costs["col2im_cl"] = (
+            inputs * (TRANSPOSE_PASSES * g.c_in + gemm) + (2 if disjoint else 3) * added
+            + (TRANSPOSE_PASSES * g.c_in_per_group * g.c_out * taps if reorder
+               else STRIDED_READ_PASSES * added)
+            + PASSES_PER_RUN * inputs * taps * g.groups
+            + (g.c_out * outputs if not disjoint or not numpy_col2im.covers(g) else 0)
+            + (0 if g.channels_last else TRANSPOSE_PASSES * g.c_out * outputs)
+            + PASSES_PER_CALL * 2 * taps)
+    return costs
+
+
+@functools.lru_cache(maxsize=1024)
+def _boxes(g: Geometry, method: str, itemsize: int, budget: int) -> tuple[int, Geometry]:
+    """How many output boxes :func:`_tiles` makes, and the largest one's geometry."""
+    per_dim = _splits(g, method, itemsize, budget)
+    found = _box(g, _largest_box(g, list(per_dim)))
+    return math.prod(map(len, per_dim)), g if found is None else found[1]
+
+
+def method_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
+    """The modelled time of every formulation that can compute ``g`` (see
+    :func:`_untiled_costs`). A phase formulation whose temporaries for one sample exceed
+    the budget computes the output in boxes, each from the inputs that reach it; with
+    a large kernel each box re-reads a wide halo and pays its own calls, so its cost is
+    that of its boxes, modelled as their number times the cost of the largest one
+    (a 7x7x7 kernel with dilation 3 on a 13x11x7 volume: 32 boxes to 1344, from 10 to 80
+    times col2im's time)."""
+    costs = _untiled_costs(g, dtype)
+    parts = _parts(g)
+    part = replace(g, batch=-(-g.batch // parts))
+    itemsize, budget = compute_dtype(dtype).itemsize, TEMP_BUDGET_BYTES // parts
+    for method in ("scatter", "gather", "stacked"):
+        n, box = _boxes(part, method, itemsize, budget)
+        if n > 1:
+            costs[method] = parts * n * _untiled_costs(box, dtype)[method]
     return costs
 
 
@@ -329,7 +382,7 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     # as a small layer.
     last, other = (2 + g.rank,), tuple(range(3, 2 + g.rank))  # axes of the taps
     order = ((0, 1) + last + other if method == "scatter" else (0,) + last + (1,) + other) + (2,)
-    if method in ("col2im", "stacked"):
+    if method in ("col2im", "col2im_cl", "stacked"):
         order = tuple(range(3 + g.rank))  # they gather their taps' rows themselves
     w = np.ascontiguousarray(weight.astype(compute, copy=False).reshape(
         (g.groups, g.c_in_per_group, g.c_out_per_group) + g.kernel).transpose(order))
@@ -347,6 +400,10 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
         with np.errstate(all="ignore"):
             if method == "col2im":
                 numpy_col2im.compute(x[samples], w, bias, gk, y_view[samples], budget)
+                return
+            if method == "col2im_cl":
+                numpy_col2im.compute_channels_last(x[samples], w, bias, gk, y_view[samples],
+                                                   budget)
                 return
             for in_box, out_box, tile in _tiles(gk, method, compute.itemsize, budget):
                 where = (samples, slice(None)) + out_box
@@ -372,7 +429,7 @@ def compute_dtype(dtype) -> np.dtype:
     return np.dtype(dtype)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=512)
 def _frame(g: Geometry) -> tuple[int, ...]:
     """Per dimension, the extent of the layout shared by the input and every phase's
     accumulator: the larger of the input and the largest phase lattice."""
@@ -462,29 +519,52 @@ def _box(g: Geometry, box: tuple[tuple[int, int], ...]):
     return tuple(slice(lo, hi) for lo, hi in ins), tile
 
 
-@functools.lru_cache(maxsize=64)
-def _tiles(g: Geometry, method: str, itemsize: int, budget: int) -> tuple:
-    """Split the output into boxes whose one-sample temporaries fit ``budget`` bytes
-    (pure shape arithmetic, cached).
+def _largest_box(g: Geometry, per_dim: list) -> tuple[tuple[int, int], ...]:
+    """Of the boxes that are products of ``per_dim``'s ranges, the one with the most
+    inputs along every dimension (then the most outputs): the one with the largest
+    temporaries, found without visiting every box (pure 1-D arithmetic)."""
+    box = []
+    for a, ranges in enumerate(per_dim):
+        def extent(r, a=a):
+            ins = _box(replace(g, in_size=(g.in_size[a],), out_size=(g.out_size[a],),
+                               kernel=(g.kernel[a],), stride=(g.stride[a],),
+                               padding=(g.padding[a],), dilation=(g.dilation[a],)), (r,))
+            return (0 if ins is None else ins[1].in_size[0], r[1] - r[0])
+        box.append(max(ranges, key=extent))
+    return tuple(box)
 
-    Returns ``(input slices, output slices, geometry of the box)`` per box; the geometry
-    is ``None`` where no input reaches the box.
-    """
+
+@functools.lru_cache(maxsize=1024)
+def _splits(g: Geometry, method: str, itemsize: int, budget: int) -> tuple:
+    """Per dimension, the output ranges :func:`_tiles` splits the output into so that
+    one sample's temporaries for every box fit ``budget`` bytes (the leading dimensions
+    split first; pure shape arithmetic, cached)."""
     needed = -(-_per_sample(g, method) * itemsize // budget)
     while True:
         per_dim, rest = [], needed
         for out in g.out_size:  # split the leading dimensions first
             parts = min(out, rest)
             rest = -(-rest // parts)
-            per_dim.append([(out * j // parts, out * (j + 1) // parts) for j in range(parts)])
-        boxes = [(box, _box(g, box)) for box in itertools.product(*per_dim)]
+            per_dim.append(tuple((out * j // parts, out * (j + 1) // parts) for j in range(parts)))
         # The inputs a box needs reach beyond its share (the kernel's halo): split
         # further until every box fits, or boxes are single outputs.
-        largest = max((_per_sample(t[1], method) * itemsize for _, t in boxes if t),
-                      default=0)
+        found = _box(g, _largest_box(g, per_dim))
+        largest = 0 if found is None else _per_sample(found[1], method) * itemsize
         if largest <= budget or list(map(len, per_dim)) == list(g.out_size):
-            break
+            return tuple(per_dim)
         needed *= 2
+
+
+@functools.lru_cache(maxsize=64)
+def _tiles(g: Geometry, method: str, itemsize: int, budget: int) -> tuple:
+    """Split the output into boxes whose one-sample temporaries fit ``budget`` bytes
+    (see :func:`_splits`; pure shape arithmetic, cached).
+
+    Returns ``(input slices, output slices, geometry of the box)`` per box; the geometry
+    is ``None`` where no input reaches the box.
+    """
+    boxes = [(box, _box(g, box)) for box in itertools.product(*_splits(g, method, itemsize,
+                                                                      budget))]
     return tuple((None, out_box, None) if found is None else (found[0], out_box, found[1])
                  for box, found in boxes
                  for out_box in [tuple(slice(lo, hi) for lo, hi in box)])
@@ -748,13 +828,15 @@ def _write(y: np.ndarray, accs: list[np.ndarray], phases: tuple[_Phase, ...], g:
 
 
 #: The formulations :func:`conv_transpose` can run (see :func:`choose_method`).
-METHODS = ("scatter", "gather", "stacked", "col2im")
+METHODS = ("scatter", "gather", "stacked", "col2im", "col2im_cl")
 
 
 def applies(g: Geometry, method: str, dtype=np.float32) -> bool:
     """Whether ``method`` can compute ``g`` on ``dtype`` arrays (scatter and gather can
     compute any layer; see :func:`gpu_tconv.numpy_col2im.applies`)."""
-    if method != "col2im":
-        return method in METHODS
-    return numpy_col2im.applies(g, np.dtype(dtype), compute_dtype(dtype),
-                                TEMP_BUDGET_BYTES // _parts(g))
+    budget = TEMP_BUDGET_BYTES // _parts(g)
+    if method == "col2im":
+        return numpy_col2im.applies(g, np.dtype(dtype), compute_dtype(dtype), budget)
+    if method == "col2im_cl":
+        return numpy_col2im.applies_channels_last(g, compute_dtype(dtype), budget)
+    return method in METHODS

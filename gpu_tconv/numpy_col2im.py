@@ -23,6 +23,7 @@ so the additions cost more per element on large images; the cost model in
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -32,78 +33,124 @@ from .geometry import Geometry
 from .numpy_backward import _tap_slices
 
 
+@functools.lru_cache(maxsize=512)
+def _reach(g: Geometry) -> tuple:
+    """Per tap (row-major), the inputs it reaches and their outputs (see
+    ``numpy_backward._tap_slices``), or None; pure shape arithmetic, cached (a 7x7x7
+    kernel has 343 taps, whose slices take a millisecond to build)."""
+    return tuple(_tap_slices(g, tap) for tap in itertools.product(*map(range, g.kernel)))
+
+
 def disjoint(g: Geometry) -> bool:
     """Whether no two taps reach the same output: along every dimension the taps'
     offsets ``k*dilation`` fall in distinct residues modulo the stride."""
     return all(k <= s // math.gcd(s, d) for k, s, d in zip(g.kernel, g.stride, g.dilation))
 
 
+@functools.lru_cache(maxsize=512)
 def covers(g: Geometry) -> bool:
     """Whether the taps, together, reach every output (counted with multiplicity, so this
     says it only for :func:`disjoint` taps)."""
-    found = (_tap_slices(g, tap) for tap in itertools.product(*map(range, g.kernel)))
     reached = sum(math.prod(len(range(n)[o]) for o, n in zip(slices[1], g.out_size))
-                  for slices in found if slices is not None)
+                  for slices in _reach(g) if slices is not None)
     return reached >= math.prod(g.out_size)
 
 
-def per_sample(g: Geometry, taps: int) -> int:
-    """Elements of temporaries per sample for ``taps`` taps per GEMM: the input's copy
-    and the GEMM's result."""
-    return math.prod(g.in_size) * (g.c_in + taps * g.c_out)
+def per_sample(g: Geometry, columns: int) -> int:
+    """Elements of temporaries per sample with ``columns`` (channel, tap) pairs of every
+    group per GEMM: the input's copy and the GEMM's result."""
+    return math.prod(g.in_size) * (g.c_in + columns * g.groups)
+
+
+def per_sample_channels_last(g: Geometry, columns: int) -> int:
+    """Elements of temporaries per sample of :func:`compute_channels_last`: those of
+    :func:`per_sample` and the output's accumulator."""
+    return per_sample(g, columns) + g.c_out * math.prod(g.out_size)
 
 
 def applies(g: Geometry, dtype: np.dtype, compute_dtype: np.dtype, budget: int) -> bool:
-    """Whether this formulation can compute ``g``: one sample and one tap fit ``budget``
-    bytes (else the phase formulations, which can split the output into boxes, take the
-    layer), and, where the output is rounded from the compute type (float16), every
-    output is one tap's (the sums of overlapping taps are added in the output itself)."""
+    """Whether this formulation can compute ``g``: one sample and one tap of one channel
+    fit ``budget`` bytes (else the phase formulations, which can split the output into
+    boxes, take the layer), and, where the output is rounded from the compute type
+    (float16), every output is one tap's (the sums of overlapping taps are added in the
+    output itself)."""
     return per_sample(g, 1) * compute_dtype.itemsize <= budget and (
         dtype == compute_dtype or disjoint(g))
 
 
+def applies_channels_last(g: Geometry, compute_dtype: np.dtype, budget: int) -> bool:
+    """Whether :func:`compute_channels_last` can compute ``g``: one sample, one tap of
+    one channel and the output's accumulator fit ``budget`` bytes (it accumulates in the
+    compute type and rounds once, so float16 sums of overlapping taps are fine)."""
+    return per_sample_channels_last(g, 1) * compute_dtype.itemsize <= budget
+
+
 #: Bytes of GEMM results held at once beyond the output's own size: a tiny image's taps
 #: all go in one GEMM, a large image with many taps and few channels holds only a few
-#: taps' blocks (not K copies of the output) at a time.
-SMALL_COLS_BYTES = 2**20
+#: channels' blocks (not K copies of the output) at a time.
+SMALL_COLS_BYTES = 8 * 2**20
 
 
-def _taps_per_gemm(g: Geometry, itemsize: int, budget: int) -> int:
-    """Taps per GEMM: all that fit the budget with one sample, and at most enough to
-    hold about the output's size (or :data:`SMALL_COLS_BYTES`) in results."""
-    pixels, taps = math.prod(g.in_size), math.prod(g.kernel)
-    fit = (budget // itemsize // pixels - g.c_in) // g.c_out
+def gemm_chunks(g: Geometry, itemsize: int, budget: int, extra: int = 0) -> tuple:
+    """The GEMMs of a batch chunk as ``(channels, taps)`` ranges per group, and the
+    samples per batch chunk. Each GEMM's result holds about the output's size (or
+    :data:`SMALL_COLS_BYTES`) at most, and one sample of it, with the input's copy and
+    ``extra`` elements per sample, fits ``budget``. A GEMM takes every tap of a range of
+    output channels, whose weight columns lie contiguous (no copy of the weight); only
+    where one channel's taps do not fit does it take a range of taps of one channel."""
+    pixels, taps, cout_g = math.prod(g.in_size), math.prod(g.kernel), g.c_out_per_group
+    fit = (budget // itemsize - extra) // pixels - g.c_in  # (channel, tap) pairs, all groups
     output = max(g.batch * g.c_out * math.prod(g.out_size), SMALL_COLS_BYTES // itemsize)
-    return max(1, min(taps, fit, -(-output // (g.batch * g.c_out * pixels))))
+    columns = max(1, min(fit, -(-output // (g.batch * pixels)) // g.groups))
+    if columns >= taps:
+        step = min(cout_g, columns // taps)
+        chunks = tuple((range(c, min(cout_g, c + step)), range(taps))
+                       for c in range(0, cout_g, step))
+    else:
+        chunks = tuple((range(c, c + 1), range(t, min(taps, t + columns)))
+                       for c in range(cout_g) for t in range(0, taps, columns))
+    width = max(len(c) * len(t) for c, t in chunks)
+    samples = budget // itemsize // (per_sample(g, width) + extra)
+    return chunks, min(g.batch, max(1, samples))
+
+
+def _weight_columns(w4: np.ndarray, channels: range, taps: range) -> np.ndarray:
+    """(G, C_in/G, channels*taps), columns (channel, tap): a view when every tap is
+    taken (the weight's own layout), else a copy of one channel's range of taps."""
+    if len(taps) == w4.shape[-1]:
+        return w4[:, :, channels.start:channels.stop].reshape(w4.shape[0], w4.shape[1], -1)
+    return np.ascontiguousarray(w4[:, :, channels.start, taps.start:taps.stop])
 
 
 def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             y: np.ndarray, budget: int) -> None:
     """``y`` (nb, C_out, *out), a possibly strided view, = the transposed convolution of
     ``x`` (nb, C_in, *in); ``w`` the weight (C_in, C_out/G, *kernel), contiguous, in the
-    compute type; temporaries within ``budget`` bytes (see :func:`applies`)."""
+    compute type; temporaries within ``budget`` bytes (see :func:`applies`).
+
+    Per group, ``(channels*taps x C_in/G)`` (the weight read transposed by BLAS as it
+    lies) by ``(C_in/G x nb*pixels)``: each tap's block is a (channels, nb, *in) slab,
+    pixels innermost."""
     from .numpy_backend import _scratch  # the backend imports this module
 
-    groups, cin_g, cout_g = g.groups, g.c_in_per_group, g.c_out_per_group
-    taps = math.prod(g.kernel)
-    reach = [_tap_slices(g, tap) for tap in itertools.product(*map(range, g.kernel))]
-    compute_dtype, pixels = w.dtype, math.prod(g.in_size)
-    per_gemm = _taps_per_gemm(g, compute_dtype.itemsize, budget)
-    chunk = min(g.batch, max(1, budget // compute_dtype.itemsize // per_sample(g, per_gemm)))
-    w4 = w.reshape(groups, cin_g, cout_g, taps)
+    groups, cin_g, cout_g, rank = g.groups, g.c_in_per_group, g.c_out_per_group, g.rank
+    reach, compute_dtype, pixels = _reach(g), w.dtype, math.prod(g.in_size)
+    chunks, chunk = gemm_chunks(g, compute_dtype.itemsize, budget)
+    w4 = w.reshape(groups, cin_g, cout_g, -1)
     y5 = y.reshape((g.batch, groups, cout_g) + g.out_size)
     copy = disjoint(g)
     if not copy or not covers(g):
-        y[...] = 0 if bias is None else bias.reshape((g.c_out,) + (1,) * g.rank)
+        y[...] = 0 if bias is None else bias.reshape((g.c_out,) + (1,) * rank)
     # Copied blocks carry the bias themselves (one rounding to y's type, and the
     # outputs no tap reaches keep the bias written above).
     bias_rows = None if bias is None or not copy else \
         bias.astype(compute_dtype).reshape(groups, cout_g, 1, 1)
     if not any(reach):
         return
-    scratch = _scratch(per_sample(g, per_gemm) * chunk * compute_dtype.itemsize).view(
+    width_max = max(len(c) * len(t) for c, t in chunks)
+    scratch = _scratch(per_sample(g, width_max) * chunk * compute_dtype.itemsize).view(
         compute_dtype)
-    every = (slice(None),) * 3
+    axes = (2, 0, 1) + tuple(range(3, 3 + rank))  # np.moveaxis(., 2, 0), without its cost
     for n0 in range(0, g.batch, chunk):
         nb = min(chunk, g.batch - n0)
         width = nb * pixels
@@ -111,32 +158,114 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         # (G, C_in/G, nb, *in) <- (nb, G, C_in/G, *in): the batch folded into the columns.
         np.copyto(x_cols.reshape((groups, cin_g, nb) + g.in_size),
                   x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size)
-                  .transpose((1, 2, 0) + tuple(range(3, 3 + g.rank))))
-        for t0 in range(0, taps, per_gemm):
-            t1 = min(taps, t0 + per_gemm)
-            if not any(reach[t0:t1]):
+                  .transpose((1, 2, 0) + tuple(range(3, 3 + rank))))
+        for channels, taps in chunks:
+            if not any(reach[taps.start:taps.stop]):
                 continue
-            # (G, C_out/G * T, C_in/G), rows (channel, tap): the weight read transposed
-            # by BLAS as it lies when the GEMM takes every tap (a small copy otherwise).
-            part = w4 if t1 - t0 == taps else np.ascontiguousarray(w4[..., t0:t1])
-            rows = part.reshape(groups, cin_g, -1).swapaxes(1, 2)
-            cols = scratch[g.c_in * width:(g.c_in + (t1 - t0) * g.c_out) * width].reshape(
-                groups, cout_g * (t1 - t0), width)
+            rows = _weight_columns(w4, channels, taps).swapaxes(1, 2)
+            n_rows = len(channels) * len(taps)
+            cols = scratch[g.c_in * width:(g.c_in + groups * n_rows) * width].reshape(
+                groups, n_rows, width)
             if cin_g == 1:  # an outer product: no GEMM per group
                 np.multiply(rows, x_cols, out=cols)
             else:
                 np.matmul(rows, x_cols, out=cols)
             if bias_rows is not None:
-                cols.reshape(groups, cout_g, t1 - t0, width)[...] += bias_rows
-            blocks = cols.reshape((groups, cout_g, t1 - t0, nb) + g.in_size)
-            out = y5[n0:n0 + nb]
-            for j, found in enumerate(reach[t0:t1]):
+                cols.reshape(groups, len(channels), len(taps), width)[...] += \
+                    bias_rows[:, channels.start:channels.stop]
+            blocks = cols.reshape((groups, len(channels), len(taps), nb) + g.in_size)
+            out = y5[n0:n0 + nb, :, channels.start:channels.stop]
+            for j, found in enumerate(reach[taps.start:taps.stop]):
                 if found is None:
                     continue
                 ins, outs = found
-                # (G, C_out/G, nb, *in) -> (nb, G, C_out/G, *in)
-                src = np.moveaxis(blocks[(slice(None), slice(None), j, slice(None)) + ins], 2, 0)
+                # (G, channels, nb, *in) -> (nb, G, channels, *in)
+                src = blocks[(slice(None), slice(None), j, slice(None)) + ins].transpose(axes)
                 if copy:
-                    out[every + outs] = src
+                    out[(slice(None),) * 3 + outs] = src
                 else:
-                    out[every + outs] += src
+                    out[(slice(None),) * 3 + outs] += src
+
+
+def compute_channels_last(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                          g: Geometry, y: np.ndarray, budget: int) -> None:
+    """:func:`compute` with the channels innermost: per group, ``(nb*pixels x C_in/G)``
+    by ``(C_in/G x channels*taps)``, so each tap's block is added into a channels-last
+    accumulator in runs of channels instead of runs of one input row. On tiny images
+    with many channels (a 4x4x4 volume, an 8x8 image) the rows are a few elements long
+    and the per-run cost of NumPy's strided loops is what decides; channel runs are
+    hundreds long. The accumulator
+    is ``y`` itself when ``y`` is a channels-last view of the compute type, else scratch
+    copied into ``y`` once at the end (one rounding for float16)."""
+    from .numpy_backend import _scratch  # the backend imports this module
+
+    groups, cin_g, cout_g, rank = g.groups, g.c_in_per_group, g.c_out_per_group, g.rank
+    reach, compute_dtype = _reach(g), w.dtype
+    pixels, outputs = math.prod(g.in_size), math.prod(g.out_size)
+    y_cl = np.moveaxis(y, 1, -1)  # (nb, *out, C_out)
+    direct = y_cl.strides[-1] == y.itemsize and y.dtype == compute_dtype
+    acc_size = 0 if direct else g.c_out * outputs
+    chunks, chunk = gemm_chunks(g, compute_dtype.itemsize, budget, acc_size)
+    w4 = w.reshape(groups, cin_g, cout_g, -1)
+    copy = disjoint(g)
+    fill = not copy or not covers(g)
+    bias_row = None if bias is None else bias.astype(compute_dtype).reshape(groups, 1, cout_g, 1)
+    width_max = max(len(c) * len(t) for c, t in chunks)
+    scratch = _scratch((per_sample(g, width_max) + acc_size) * chunk
+                       * compute_dtype.itemsize).view(compute_dtype)
+    axes = tuple(range(1, 2 + rank)) + (0, 2 + rank)  # np.moveaxis(., 0, -2), without its cost
+    # The GEMM leaves a tap's channels either with the taps' stride (the weight's own
+    # order: no copy of it, but the additions read one element per cache line) or
+    # contiguous (columns (tap, channel): a transposing copy of the weight, which costs
+    # about what strided reading costs per element). Reorder when the additions outnumber
+    # the weight's elements, i.e. the GEMM has more columns (batch x pixels) than rows.
+    reorder = g.batch * pixels >= cin_g
+    for n0 in range(0, g.batch, chunk):
+        nb = min(chunk, g.batch - n0)
+        width = nb * pixels
+        x_rows = scratch[:g.c_in * width].reshape(groups, width, cin_g)
+        # (G, nb, *in, C_in/G) <- (nb, G, C_in/G, *in)
+        np.copyto(x_rows.reshape((groups, nb) + g.in_size + (cin_g,)),
+                  x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size)
+                  .transpose((1, 0) + tuple(range(3, 3 + rank)) + (2,)))
+        cols_end = g.c_in * width + groups * width_max * width
+        acc = y_cl[n0:n0 + nb] if direct else \
+            scratch[cols_end:cols_end + nb * g.c_out * outputs].reshape(
+                (nb,) + g.out_size + (g.c_out,))
+        if fill:
+            acc[...] = 0 if bias is None else bias
+        acc5 = acc.reshape((nb,) + g.out_size + (groups, cout_g))
+        for channels, taps in chunks:
+            if not any(reach[taps.start:taps.stop]):
+                continue
+            n_cols = len(channels) * len(taps)
+            cols = scratch[g.c_in * width:g.c_in * width + groups * n_cols * width]\
+                .reshape(groups, width, n_cols)
+            rhs = _weight_columns(w4, channels, taps)
+            if reorder:  # columns (tap, channel): a transposing copy of the weight's range
+                rhs = np.ascontiguousarray(rhs.reshape(groups, cin_g, len(channels), -1)
+                                           .swapaxes(2, 3)).reshape(groups, cin_g, -1)
+            if cin_g == 1:  # an outer product: no GEMM per group
+                np.multiply(x_rows, rhs, out=cols)
+            else:
+                np.matmul(x_rows, rhs, out=cols)
+            shape = (len(taps), len(channels)) if reorder else (len(channels), len(taps))
+            blocks = cols.reshape((groups, nb) + g.in_size + shape)
+            if reorder:
+                blocks = blocks.swapaxes(-1, -2)  # (..., channels, taps) as a view
+            if copy and bias_row is not None:
+                blocks += bias_row[:, :, channels.start:channels.stop].reshape(
+                    (groups,) + (1,) * (rank + 1) + (len(channels), 1))
+            out = acc5[..., channels.start:channels.stop]
+            for j, found in enumerate(reach[taps.start:taps.stop]):
+                if found is None:
+                    continue
+                ins, outs = found
+                # (G, nb, *in, channels) -> (nb, *in, G, channels)
+                src = blocks[(slice(None),) * 2 + ins + (slice(None), j)].transpose(axes)
+                if copy:
+                    out[(slice(None),) + outs] = src
+                else:
+                    out[(slice(None),) + outs] += src
+        if not direct:
+            np.copyto(y_cl[n0:n0 + nb], acc, casting="unsafe")

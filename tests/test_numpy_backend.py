@@ -185,3 +185,21 @@ def test_scratch_memory_is_kept_per_thread_and_bounded(monkeypatch):
     assert not failed and numpy_backend.scratch_bytes() > held
     numpy_backend.release_scratch()
     assert numpy_backend.scratch_bytes() == 0
+
+
+@given(p=problems(max_channels=24), method=st.sampled_from(numpy_backend.METHODS),
+       dtype=st.sampled_from([np.float64, np.float32, np.float16]))
+def test_every_formulation_is_right_on_channels_last_arrays(p: Problem, method, dtype):
+    # Channels-last input and output: col2im_cl accumulates straight into the output
+    # there (a view whose channels are innermost), the others write through strided views.
+    p = p.astype(dtype)
+    g = geometry_from_shapes(np.moveaxis(p.x, 1, -1).shape, p.weight.shape,
+                             None if p.bias is None else p.bias.shape, **p.params,
+                             layout="channels_last")
+    if not numpy_backend.applies(g, method, dtype):
+        return
+    x_last = np.ascontiguousarray(np.moveaxis(p.x, 1, -1))
+    y = numpy_backend.conv_transpose(x_last, p.weight, p.bias, g, method=method)
+    assert g.channels_last and y.dtype == dtype and y.shape == g.out_shape
+    expected = conv_transpose_reference(p.x, p.weight, p.bias, **p.params)
+    assert_close(np.moveaxis(y, -1, 1), expected, p, dtype)
