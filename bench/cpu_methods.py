@@ -13,16 +13,42 @@ import argparse
 import itertools
 import json
 import math
+import os
+import platform
 import signal
 import statistics
 import time
 
 import numpy as np
 
-from gpu_tconv import numpy_backend
-from gpu_tconv.bench_cpu import _torch_runner, warm_heap
+# Calls alternate one by one here: PyTorch's OpenMP threads, which spin for a while
+# after each call by default, would take a core from the NumPy call that follows
+# (gpu_tconv.bench_cpu, which reports the figures, times blocks with pauses instead).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import gpu_tconv
+from gpu_tconv import cpu_threads, numpy_backend
+from gpu_tconv.bench_cpu import _torch_runner, blas_info, warm_heap
 from gpu_tconv.bench_cpu_layers import all_layers
 from gpu_tconv.geometry import geometry_from_shapes
+
+
+HOW = ("bench/cpu_methods.py --seconds {seconds}: every formulation and PyTorch (OpenMP "
+       "threads passive) interleaved call by call; each formulation's ms = PyTorch's median "
+       "ms x the median of its per-round ratios to PyTorch; a formulation whose warm-up "
+       "took 10x the fastest's is recorded by that call alone (10000000: it did not finish "
+       "within 30x PyTorch's first call). 'chosen' is numpy_backend.choose_method's pick "
+       "under 'constants', the values in force during the run.")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 class _Late(Exception):
@@ -40,6 +66,11 @@ def _within(fn, seconds: float) -> bool:
         fn()
         return True
     except _Late:
+        # The call's parts on other cores run on: wait for them, or they would slow down
+        # every call timed after this one.
+        if cpu_threads._pool is not None:
+            cpu_threads._pool.shutdown(wait=True)
+            cpu_threads._pool = None
         return False
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -77,14 +108,15 @@ def interleaved_times(fns: dict, seconds: float) -> dict:
 
 
 #: The constants of numpy_backend's cost model, and the values tried for each.
-GRID = {"FLOPS_PER_PASS": [20, 30, 37, 50, 70], "GATHER_GEMM_PENALTY": [0.0, 0.07, 0.15],
+GRID = {"FLOPS_PER_PASS": [30, 50, 70, 100, 140], "GATHER_GEMM_PENALTY": [0.0, 0.15, 0.3],
         "COL2IM_STRIDED_PENALTY": [1.0, 1.5, 2.0, 3.0], "PASSES_PER_CALL": [5e3, 2e4, 6e4],
-        "PASSES_PER_RUN": [3, 10, 30]}
+        "PASSES_PER_RUN": [3, 10, 30], "TRANSPOSE_PASSES": [2, 3, 5, 8],
+        "STRIDED_READ_PASSES": [0.5, 1, 2]}
 
 
-def _loss(rows: list[dict]) -> tuple[float, float]:
-    """Geometric means, over ``rows``, of the chosen formulation's time over the best
-    one's and over PyTorch's."""
+def _losses(rows: list[dict]) -> tuple[float, float, float]:
+    """Over ``rows``: the geometric means of the chosen formulation's time over the best
+    one's and over PyTorch's, and the largest of the former."""
     lost, ratio = [], []
     for r in rows:
         g = geometry_from_shapes(r["x"], r["weight"], **r["params"])
@@ -93,28 +125,42 @@ def _loss(rows: list[dict]) -> tuple[float, float]:
         chosen = r["ms"][min(costs, key=costs.get)]
         lost.append(math.log(chosen / min(v for k, v in r["ms"].items() if k != "torch")))
         ratio.append(math.log(chosen / r["ms"]["torch"]))
-    return math.exp(statistics.fmean(lost)), math.exp(statistics.fmean(ratio))
+    return (math.exp(statistics.fmean(lost)), math.exp(statistics.fmean(ratio)),
+            math.exp(max(lost)))
+
+
+#: Constants whose loss is within this factor of the least are ties: the loss is flat
+#: near its least, and among ties the one whose worst fitted layer loses least is kept
+#: (the least loss alone took constants at the grid's edges that lost on held-out rows).
+TIE = 1.01
+
+
+def _rows(path: str) -> list[dict]:
+    """The timed rows of a file this script wrote."""
+    data = json.load(open(path))
+    return data["rows"] if isinstance(data, dict) else data
 
 
 def fit(paths: list[str]) -> dict:
-    """The grid's constants that lose least time on the rows not held out; printed with
-    how the rule fares on the held-out rows."""
-    rows = [r for path in paths for r in json.load(open(path))
+    """The grid's constants that lose least time on the rows not held out (see
+    :data:`TIE`); printed with how the rule fares on the held-out rows."""
+    rows = [r for path in paths for r in _rows(path)
             if r["ms"].get("torch") and min(r["ms"].values()) < 1e6]  # none timed: dropped
     for r in rows:
         r["params"] = {k: tuple(v) if isinstance(v, list) else v for k, v in r["params"].items()}
     fitted = [r for r in rows if not r["held_out"]]
     held = [r for r in rows if r["held_out"]]
-    best = None
+    trials = []
     for values in itertools.product(*GRID.values()):
         for name, value in zip(GRID, values):
             setattr(numpy_backend, name, value)
-        loss = _loss(fitted)[0]
-        if best is None or loss < best[0]:
-            best = (loss, dict(zip(GRID, values)))
-    for name, value in best[1].items():
+        mean, _, worst = _losses(fitted)
+        trials.append((mean, worst, dict(zip(GRID, values))))
+    least = min(mean for mean, _, _ in trials)
+    _, _, best = min((t for t in trials if t[0] <= TIE * least), key=lambda t: t[1])
+    for name, value in best.items():
         setattr(numpy_backend, name, value)
-    report = {"constants": best[1], "fitted": _loss(fitted), "held_out": _loss(held),
+    report = {"constants": best, "fitted": _losses(fitted), "held_out": _losses(held),
               "rows_fitted": len(fitted), "rows_held_out": len(held)}
     print(json.dumps(report, indent=1))
     return report
@@ -151,8 +197,12 @@ def main() -> None:
                      "ms": best})
         print(f"{c.name:<60} " + "  ".join(f"{k} {v:8.2f}" for k, v in best.items())
               + f"  chose {rows[-1]['chosen']}", flush=True)
+    constants = {name: getattr(numpy_backend, name) for name in GRID}
     with open(args.output, "w") as f:
-        json.dump(rows, f, indent=1)
+        json.dump({"gpu_tconv": gpu_tconv.__version__, "machine": platform.machine(),
+                   "cpu": _cpu_name(), "cores": os.cpu_count(), "numpy": np.__version__,
+                   "blas": blas_info(), "how": HOW.format(seconds=args.seconds),
+                   "constants": constants, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
