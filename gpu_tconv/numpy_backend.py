@@ -216,7 +216,7 @@ GATHER_GEMM_PENALTY = 0.15
 
 #: How much slower col2im's additions and copies run per element than the phase
 #: formulations' (N-D strided slices of the output instead of contiguous flat ones).
-COL2IM_STRIDED_PENALTY = 2.0
+COL2IM_STRIDED_PENALTY = 1.0
 
 #: What one NumPy call costs beyond its elements, in element passes (a few
 #: microseconds): it decides small layers, where the formulations' call counts differ.
@@ -227,9 +227,13 @@ PASSES_PER_CALL = 60000
 #: set from a few layers timed every way, where it won only with few input channels.
 STACKED_COPY_PASSES = 6
 
+#: How much slower col2im_cl's additions run per element than col2im's contiguous
+#: ones (each tap's block is a slab of runs of channels, one run per input pixel).
+COL2IM_CL_ADD_PENALTY = 1.5
+
 #: What each element of a transposing copy costs, in passes (col2im_cl's input, output
 #: and weight).
-TRANSPOSE_PASSES = 8
+TRANSPOSE_PASSES = 2
 
 #: What reading an element with a stride of a cache line or more costs beyond a
 #: contiguous read, in passes (col2im_cl's additions when the weight is not reordered).
@@ -237,7 +241,7 @@ STRIDED_READ_PASSES = 0.5
 
 #: What one contiguous run of a strided copy or addition costs beyond its elements, in
 #: element passes: it decides col2im on small images, whose rows are short.
-PASSES_PER_RUN = 10
+PASSES_PER_RUN = 30
 
 
 def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
@@ -308,7 +312,8 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
         added = inputs * g.c_out * taps
         reorder = g.batch * math.prod(g.in_size) >= g.c_in_per_group
         costs["col2im_cl"] = (
-            inputs * (TRANSPOSE_PASSES * g.c_in + gemm) + (2 if disjoint else 3) * added
+            inputs * (TRANSPOSE_PASSES * g.c_in + gemm)
+            + (2 if disjoint else 3) * COL2IM_CL_ADD_PENALTY * added
             + (TRANSPOSE_PASSES * g.c_in_per_group * g.c_out * taps if reorder
                else STRIDED_READ_PASSES * added)
             + PASSES_PER_RUN * inputs * taps * g.groups
