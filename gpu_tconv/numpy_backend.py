@@ -1,6 +1,6 @@
 """The ``numpy`` backend: a vectorized CPU transposed convolution.
 
-Four formulations, chosen per layer by a cost model (:func:`choose_method`, fitted on
+Five formulations, chosen per layer by a cost model (:func:`choose_method`, fitted on
 the CPU benchmark: see :mod:`gpu_tconv.bench_cpu_layers`); every GEMM is shaped by the
 problem (its columns are the batch chunk's pixels, as many as there are).
 
@@ -31,7 +31,10 @@ stacked into the GEMM, one phase at a time, each output written once (few input
 channels, many taps). ``col2im`` (:mod:`gpu_tconv.numpy_col2im`) multiplies over the input
 pixels only and adds each tap's block straight into the output (or copies it where taps
 never overlap: the pixel shuffle of ``kernel == stride``): small images with large
-kernels or strides, and many channels on tiny images, as one GEMM over the whole batch.
+kernels or strides, and many channels on tiny images, as one GEMM over the whole batch;
+``col2im_cl`` is col2im with the channels innermost (its additions run over channels,
+not over input rows a few pixels long). A phase formulation whose temporaries for one
+sample exceed the budget computes the output in boxes, and the cost model counts them.
 
 Cores: a large call (:data:`PARALLEL_MIN_FLOPS`) splits its batch into one part per
 core, each computed with BLAS limited to that core (:mod:`gpu_tconv.cpu_threads`), so
@@ -273,8 +276,9 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
     - ``col2im_cl`` is col2im with the channels innermost: the input and, unless the
       arrays are channels-last, the output are copied transposed
       (:data:`TRANSPOSE_PASSES` per element), and the additions run over channels, not
-      input rows; either the weight is copied transposed or every added element is read
-      with the taps' stride (:data:`STRIDED_READ_PASSES`).
+      input rows (one run per input pixel, tap, group and GEMM: a GEMM takes a range
+      of the channels); either the weight is copied transposed or every added element
+      is read with the taps' stride (:data:`STRIDED_READ_PASSES`).
 
     Strided copies and additions pay :data:`PASSES_PER_RUN` per contiguous run: the
     phases' writes into the output (runs of one output row's phase) and col2im's
@@ -316,7 +320,8 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
             + (2 if disjoint else 3) * COL2IM_CL_ADD_PENALTY * added
             + (TRANSPOSE_PASSES * g.c_in_per_group * g.c_out * taps if reorder
                else STRIDED_READ_PASSES * added)
-            + PASSES_PER_RUN * inputs * taps * g.groups
+            + PASSES_PER_RUN * inputs * taps * g.groups * len(numpy_col2im.gemm_chunks(
+                g, compute_dtype(dtype).itemsize, TEMP_BUDGET_BYTES // _parts(g))[0])
             + (g.c_out * outputs if not disjoint or not numpy_col2im.covers(g) else 0)
             + (0 if g.channels_last else TRANSPOSE_PASSES * g.c_out * outputs)
             + PASSES_PER_CALL * 2 * taps)

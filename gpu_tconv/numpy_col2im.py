@@ -1,15 +1,18 @@
-"""The ``col2im`` formulation of the NumPy backend: one GEMM over the input pixels, then
+"""The ``col2im`` formulations of the NumPy backend: one GEMM over the input pixels, then
 each tap's block added (or, where taps never overlap, copied) straight into the output.
 
-With ``K`` taps, the GEMM is ``(T*C_out/G x C_in/G)`` by ``(C_in/G x nb*pixels)`` per
-group, for ``T <= K`` taps at a time (all of them when they fit the budget): the
-columns are the input's pixels only, however large the kernel, the stride or the
-output, with the batch folded in, so a small image with many channels is one GEMM over
-the whole batch with no padding at all, and a layer with many taps and few channels
-holds only ``T`` taps' results. Tap ``k`` then sends input ``i`` to output
-``o = i*stride + k*dilation - padding``: its block, restricted to the inputs that land
-in the output, is added into the output's strided slice (``y[o(i, k)] += cols[k, i]``),
-taps in a fixed order.
+With ``K`` taps, the GEMM is ``(C*K x C_in/G)`` by ``(C_in/G x nb*pixels)`` per group,
+for ``C <= C_out/G`` output channels at a time (all of them when they fit the budget;
+their weight rows lie contiguous, so BLAS reads the weight as it is, and only where one
+channel's taps do not fit does a GEMM take a range of taps): the columns are the input's
+pixels only, however large the kernel, the stride or the output, with the batch folded
+in, so a small image with many channels is one GEMM over the whole batch with no padding
+at all, and a layer with many taps and few channels holds only a few channels' results.
+Tap ``k`` then sends input ``i`` to output ``o = i*stride + k*dilation - padding``: its
+block, restricted to the inputs that land in the output, is added into the output's
+strided slice (``y[o(i, k)] += cols[k, i]``), taps in a fixed order.
+:func:`compute_channels_last` (``col2im_cl``) is the transposed GEMM, channels
+innermost, for images whose rows are too short for efficient strided additions.
 
 Where no two taps reach the same output (``kernel <= stride / gcd(stride, dilation)``
 along every dimension; ``kernel == stride`` without padding is the pixel shuffle of
@@ -85,12 +88,15 @@ def applies_channels_last(g: Geometry, compute_dtype: np.dtype, budget: int) -> 
     return per_sample_channels_last(g, 1) * compute_dtype.itemsize <= budget
 
 
-#: Bytes of GEMM results held at once beyond the output's own size: a tiny image's taps
-#: all go in one GEMM, a large image with many taps and few channels holds only a few
-#: channels' blocks (not K copies of the output) at a time.
-SMALL_COLS_BYTES = 8 * 2**20
+#: Bytes of GEMM results held at once beyond the output's own size (within the budget):
+#: a tiny image's taps all go in one GEMM, a large image with many taps and few
+#: channels holds only a few channels' blocks (not K copies of the output) at a time.
+#: Large, because col2im_cl's additions run over a GEMM's channels: KernelBench 68's
+#: 64 channels in 3 GEMMs of 21 took 12 to 19 ms, in one GEMM 8 ms.
+SMALL_COLS_BYTES = 24 * 2**20
 
 
+@functools.lru_cache(maxsize=512)
 def gemm_chunks(g: Geometry, itemsize: int, budget: int, extra: int = 0) -> tuple:
     """The GEMMs of a batch chunk as ``(channels, taps)`` ranges per group, and the
     samples per batch chunk. Each GEMM's result holds about the output's size (or
