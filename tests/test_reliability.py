@@ -19,7 +19,8 @@ from gpu_tconv import cuda_backend, dispatch, emulated_backend, launch, numpy_ba
 from gpu_tconv.geometry import geometry_from_shapes
 from gpu_tconv.reference import conv_transpose_reference
 from conftest import BACKENDS, requires_gpu
-from oracles import Problem, assert_close, problems, torch_conv_transpose
+from oracles import (Problem, assert_close, assert_within_seam_tolerance, problems,
+                     torch_conv_transpose)
 
 
 # --- numerics ------------------------------------------------------------------------
@@ -63,11 +64,16 @@ def test_results_do_not_depend_on_batch_splitting(backend, monkeypatch):
     whole = gpu_tconv.conv_transpose2d(x, w, **kw, backend=backend)
     parts = np.concatenate([gpu_tconv.conv_transpose2d(x[i:i + 3], w, **kw, backend=backend)
                             for i in range(0, 7, 3)])
-    assert parts.tobytes() == whole.tobytes()
-    if backend == "numpy":
-        monkeypatch.setattr(numpy_backend, "TEMP_BUDGET_BYTES", 4096)  # small chunks and boxes
-        chunked = gpu_tconv.conv_transpose2d(x, w, **kw, backend=backend)
-        assert chunked.tobytes() == whole.tobytes()
+    if backend != "numpy":  # one thread's fixed-order sum per output: bit for bit
+        assert parts.tobytes() == whole.tobytes()
+        return
+    # NumPy: BLAS rounds by the GEMM's shape (and the formulation may differ with the
+    # size), so what is promised is the seam tolerance, on any BLAS.
+    p = Problem(x, w, None, kw)
+    assert_within_seam_tolerance(parts, whole, p, np.float32)
+    monkeypatch.setattr(numpy_backend, "TEMP_BUDGET_BYTES", 4096)  # small chunks and boxes
+    chunked = gpu_tconv.conv_transpose2d(x, w, **kw, backend=backend)
+    assert_within_seam_tolerance(chunked, whole, p, np.float32)
 
 
 # --- 64-bit sizes ----------------------------------------------------------------------
