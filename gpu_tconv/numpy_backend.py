@@ -314,7 +314,7 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
     if applies(g, "col2im_cl", dtype):
         disjoint = numpy_col2im.disjoint(g)
         added = inputs * g.c_out * taps
-        reorder = g.batch * math.prod(g.in_size) >= g.c_in_per_group
+        reorder = numpy_col2im.reorders_weight(g)
         costs["col2im_cl"] = (
             inputs * (TRANSPOSE_PASSES * g.c_in + gemm)
             + (2 if disjoint else 3) * COL2IM_CL_ADD_PENALTY * added
@@ -330,9 +330,10 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
 
 @functools.lru_cache(maxsize=1024)
 def _boxes(g: Geometry, method: str, itemsize: int, budget: int) -> tuple[int, Geometry]:
-    """How many output boxes :func:`_tiles` makes, and the largest one's geometry."""
+    """How many output boxes :func:`_tiles` makes, and the geometry of a typical one
+    (each dimension's middle range: the cost model's estimate, not a bound)."""
     per_dim = _splits(g, method, itemsize, budget)
-    found = _box(g, _largest_box(g, list(per_dim)))
+    found = _box(g, tuple(ranges[len(ranges) // 2] for ranges in per_dim))
     return math.prod(map(len, per_dim)), g if found is None else found[1]
 
 
@@ -341,7 +342,7 @@ def method_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
     :func:`_untiled_costs`). A phase formulation whose temporaries for one sample exceed
     the budget computes the output in boxes, each from the inputs that reach it; with
     a large kernel each box re-reads a wide halo and pays its own calls, so its cost is
-    that of its boxes, modelled as their number times the cost of the largest one
+    that of its boxes, modelled as their number times the cost of a typical one
     (a 7x7x7 kernel with dilation 3 on a 13x11x7 volume: 32 boxes to 1344, from 10 to 80
     times col2im's time)."""
     costs = _untiled_costs(g, dtype)
@@ -531,19 +532,28 @@ def _box(g: Geometry, box: tuple[tuple[int, int], ...]):
     return tuple(slice(lo, hi) for lo, hi in ins), tile
 
 
-def _largest_box(g: Geometry, per_dim: list) -> tuple[tuple[int, int], ...]:
-    """Of the boxes that are products of ``per_dim``'s ranges, the one with the most
-    inputs along every dimension (then the most outputs): the one with the largest
-    temporaries, found without visiting every box (pure 1-D arithmetic)."""
-    box = []
+def _fits(g: Geometry, per_dim, method: str, itemsize: int, budget: int) -> bool:
+    """Whether one sample's temporaries fit ``budget`` bytes for every box that is a
+    product of ``per_dim``'s ranges, checked exactly without visiting every box: a box's
+    geometry is made of its per-dimension input extent, padding and output extent, so
+    only the boxes made of one range per distinct such triple, per dimension, are
+    visited, and the first that does not fit ends the search."""
+    distinct = []
     for a, ranges in enumerate(per_dim):
-        def extent(r, a=a):
-            ins = _box(replace(g, in_size=(g.in_size[a],), out_size=(g.out_size[a],),
-                               kernel=(g.kernel[a],), stride=(g.stride[a],),
-                               padding=(g.padding[a],), dilation=(g.dilation[a],)), (r,))
-            return (0 if ins is None else ins[1].in_size[0], r[1] - r[0])
-        box.append(max(ranges, key=extent))
-    return tuple(box)
+        line = replace(g, in_size=(g.in_size[a],), out_size=(g.out_size[a],),
+                       kernel=(g.kernel[a],), stride=(g.stride[a],),
+                       padding=(g.padding[a],), dilation=(g.dilation[a],))
+        kinds = {}
+        for r in ranges:
+            found = _box(line, (r,))
+            kinds.setdefault(None if found is None else
+                             (found[1].in_size, found[1].padding, r[1] - r[0]), r)
+        distinct.append(list(kinds.values()))
+    for box in itertools.product(*distinct):
+        found = _box(g, box)
+        if found is not None and _per_sample(found[1], method) * itemsize > budget:
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=1024)
@@ -560,9 +570,8 @@ def _splits(g: Geometry, method: str, itemsize: int, budget: int) -> tuple:
             per_dim.append(tuple((out * j // parts, out * (j + 1) // parts) for j in range(parts)))
         # The inputs a box needs reach beyond its share (the kernel's halo): split
         # further until every box fits, or boxes are single outputs.
-        found = _box(g, _largest_box(g, per_dim))
-        largest = 0 if found is None else _per_sample(found[1], method) * itemsize
-        if largest <= budget or list(map(len, per_dim)) == list(g.out_size):
+        if list(map(len, per_dim)) == list(g.out_size) or \
+                _fits(g, per_dim, method, itemsize, budget):
             return tuple(per_dim)
         needed *= 2
 

@@ -193,6 +193,16 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
                     out[(slice(None),) * 3 + outs] += src
 
 
+def reorders_weight(g: Geometry) -> bool:
+    """Whether :func:`compute_channels_last` copies the weight transposed. Its GEMM
+    leaves a tap's channels either with the taps' stride (the weight's own order: no
+    copy of it, but the additions read one element per cache line) or contiguous
+    (columns (tap, channel): a transposing copy of the weight, which costs about what
+    strided reading costs per element). It reorders when the additions outnumber the
+    weight's elements, i.e. the GEMM has more columns (batch x pixels) than rows."""
+    return g.batch * math.prod(g.in_size) >= g.c_in_per_group
+
+
 def compute_channels_last(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
                           g: Geometry, y: np.ndarray, budget: int) -> None:
     """:func:`compute` with the channels innermost: per group, ``(nb*pixels x C_in/G)``
@@ -220,12 +230,7 @@ def compute_channels_last(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     scratch = _scratch((per_sample(g, width_max) + acc_size) * chunk
                        * compute_dtype.itemsize).view(compute_dtype)
     axes = tuple(range(1, 2 + rank)) + (0, 2 + rank)  # np.moveaxis(., 0, -2), without its cost
-    # The GEMM leaves a tap's channels either with the taps' stride (the weight's own
-    # order: no copy of it, but the additions read one element per cache line) or
-    # contiguous (columns (tap, channel): a transposing copy of the weight, which costs
-    # about what strided reading costs per element). Reorder when the additions outnumber
-    # the weight's elements, i.e. the GEMM has more columns (batch x pixels) than rows.
-    reorder = g.batch * pixels >= cin_g
+    reorder = reorders_weight(g)
     for n0 in range(0, g.batch, chunk):
         nb = min(chunk, g.batch - n0)
         width = nb * pixels
