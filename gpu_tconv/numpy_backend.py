@@ -36,7 +36,8 @@ kernels or strides, and many channels on tiny images, as one GEMM over the whole
 not over input rows a few pixels long). A phase formulation whose temporaries for one
 sample exceed the budget computes the output in boxes, and the cost model counts them.
 
-Cores: a large call (:data:`PARALLEL_MIN_FLOPS`) splits its batch into one part per
+Cores: a large call (:data:`PARALLEL_MIN_FLOPS`; for col2im, whose additions take
+most of its time, :data:`COL2IM_PARALLEL_SHARE` of it) splits its batch into one part per
 core, each computed with BLAS limited to that core (:mod:`gpu_tconv.cpu_threads`), so
 that one part's additions and copies overlap another's GEMMs.
 
@@ -273,6 +274,7 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
       and adds each tap's block into the output, or copies it there where taps never
       overlap (``3`` or ``2 C_out K I``, times :data:`COL2IM_STRIDED_PENALTY`),
       initializing the output first unless every output is one tap's (``C_out O``);
+      split between cores, it takes :data:`COL2IM_PARALLEL_TIME` of that;
     - ``col2im_cl`` is col2im with the channels innermost: the input and, unless the
       arrays are channels-last, the output are copied transposed
       (:data:`TRANSPOSE_PASSES` per element), and the additions run over channels, not
@@ -310,7 +312,8 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
                       + (2 if disjoint else 3) * g.c_out * taps * COL2IM_STRIDED_PENALTY)
             + PASSES_PER_RUN * rows * (g.c_in + g.c_out * taps)
             + (g.c_out * outputs if not disjoint or not numpy_col2im.covers(g) else 0)
-            + PASSES_PER_CALL * 2 * taps)
+            + PASSES_PER_CALL * 2 * taps) * (
+                COL2IM_PARALLEL_TIME if _parts(g, "col2im") > 1 else 1)
     if applies(g, "col2im_cl", dtype):
         disjoint = numpy_col2im.disjoint(g)
         added = inputs * g.c_out * taps
@@ -401,7 +404,7 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
         (g.groups, g.c_in_per_group, g.c_out_per_group) + g.kernel).transpose(order))
     # Large calls split their batch between cores (see gpu_tconv.cpu_threads), each part
     # within its share of the temporaries' budget.
-    parts = _parts(g)
+    parts = _parts(g, method)
     budget = TEMP_BUDGET_BYTES // parts
     if method not in METHODS or not applies(g, method, x.dtype):
         raise ValueError(f"method {method!r} cannot compute this layer")
@@ -454,10 +457,20 @@ def _frame(g: Geometry) -> tuple[int, ...]:
 #: to threads costs more than it saves.
 PARALLEL_MIN_FLOPS = 500e6
 
+#: col2im splits its batch from this share of :data:`PARALLEL_MIN_FLOPS`: its
+#: additions into the output, which run on one core, take most of its time (KernelBench
+#: 81, 151 Mflop: 12 ms in one part, 8 ms in two; below 100 Mflop two parts were slower).
+COL2IM_PARALLEL_SHARE = 0.2
 
-def _parts(g: Geometry) -> int:
+#: What two parts cost of col2im's time in one, in the cost model (measured on the
+#: layers above 100 Mflop: 0.6 to 0.8).
+COL2IM_PARALLEL_TIME = 0.7
+
+
+def _parts(g: Geometry, method: str | None = None) -> int:
     """Parts of the batch computed at once, one per core (see :mod:`gpu_tconv.cpu_threads`)."""
-    if g.batch < 2 or g.flops < PARALLEL_MIN_FLOPS:
+    share = COL2IM_PARALLEL_SHARE if method == "col2im" else 1
+    if g.batch < 2 or g.flops < PARALLEL_MIN_FLOPS * share:
         return 1
     return max(1, min(g.batch, cpu_threads.blas_threads()))
 
@@ -855,7 +868,7 @@ METHODS = ("scatter", "gather", "stacked", "col2im", "col2im_cl")
 def applies(g: Geometry, method: str, dtype=np.float32) -> bool:
     """Whether ``method`` can compute ``g`` on ``dtype`` arrays (scatter and gather can
     compute any layer; see :func:`gpu_tconv.numpy_col2im.applies`)."""
-    budget = TEMP_BUDGET_BYTES // _parts(g)
+    budget = TEMP_BUDGET_BYTES // _parts(g, method)
     if method == "col2im":
         return numpy_col2im.applies(g, np.dtype(dtype), compute_dtype(dtype), budget)
     if method == "col2im_cl":

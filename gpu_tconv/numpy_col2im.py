@@ -194,20 +194,22 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
 
 
 def reorders_weight(g: Geometry) -> bool:
-    """Whether :func:`compute_channels_last` copies the weight transposed. Its GEMM
-    leaves a tap's channels either with the taps' stride (the weight's own order: no
-    copy of it, but the additions read one element per cache line) or contiguous
-    (columns (tap, channel): a transposing copy of the weight, which costs about what
-    strided reading costs per element). It reorders when the additions outnumber the
-    weight's elements, i.e. the GEMM has more columns (batch x pixels) than rows."""
+    """Whether :func:`compute_channels_last` copies the weight transposed. Either one
+    GEMM leaves a tap's channels with the taps' stride (the weight's own order: no copy
+    of it, but the additions read one element per cache line), or a batched GEMM per
+    few taps leaves each tap's block contiguous (:func:`_add_tap_blocks`: a transposing
+    copy of the weight, which costs about what strided reading costs per element). It
+    reorders when the additions outnumber the weight's elements, i.e. the GEMM has more
+    columns (batch x pixels) than rows."""
     return g.batch * math.prod(g.in_size) >= g.c_in_per_group
 
 
 def compute_channels_last(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
                           g: Geometry, y: np.ndarray, budget: int) -> None:
     """:func:`compute` with the channels innermost: per group, ``(nb*pixels x C_in/G)``
-    by ``(C_in/G x channels*taps)``, so each tap's block is added into a channels-last
-    accumulator in runs of channels instead of runs of one input row. On tiny images
+    by ``(C_in/G x channels*taps)`` (or per tap, see :func:`reorders_weight`), so each
+    tap's block is added into a channels-last accumulator in runs of channels instead
+    of runs of one input row. On tiny images
     with many channels (a 4x4x4 volume, an 8x8 image) the rows are a few elements long
     and the per-run cost of NumPy's strided loops is what decides; channel runs are
     hundreds long. The accumulator
@@ -249,10 +251,16 @@ def compute_channels_last(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
         for channels, taps in chunks:
             if not any(reach[taps.start:taps.stop]):
                 continue
+            rhs = _weight_columns(w4, channels, taps)
+            if reorder and width >= TAP_GEMM_MIN_ROWS:
+                _add_tap_blocks(x_rows, rhs, scratch[g.c_in * width:], reach, taps,
+                                acc5[..., channels.start:channels.stop], g, nb, copy,
+                                None if bias_row is None or not copy else
+                                bias_row[:, :, channels.start:channels.stop])
+                continue
             n_cols = len(channels) * len(taps)
             cols = scratch[g.c_in * width:g.c_in * width + groups * n_cols * width]\
                 .reshape(groups, width, n_cols)
-            rhs = _weight_columns(w4, channels, taps)
             if reorder:  # columns (tap, channel): a transposing copy of the weight's range
                 rhs = np.ascontiguousarray(rhs.reshape(groups, cin_g, len(channels), -1)
                                            .swapaxes(2, 3)).reshape(groups, cin_g, -1)
@@ -269,14 +277,66 @@ def compute_channels_last(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
                     (groups,) + (1,) * (rank + 1) + (len(channels), 1))
             out = acc5[..., channels.start:channels.stop]
             for j, found in enumerate(reach[taps.start:taps.stop]):
-                if found is None:
-                    continue
-                ins, outs = found
-                # (G, nb, *in, channels) -> (nb, *in, G, channels)
-                src = blocks[(slice(None),) * 2 + ins + (slice(None), j)].transpose(axes)
-                if copy:
-                    out[(slice(None),) + outs] = src
-                else:
-                    out[(slice(None),) + outs] += src
+                if found is not None:
+                    # (G, nb, *in, channels) -> (nb, *in, G, channels)
+                    _place(out, blocks[(slice(None),) * 2 + found[0] + (slice(None), j)]
+                           .transpose(axes), found[1], copy)
         if not direct:
             np.copyto(y_cl[n0:n0 + nb], acc, casting="unsafe")
+
+
+#: Bytes of one batched GEMM's result in :func:`_add_tap_blocks` (a few taps' blocks):
+#: its additions read it back while it is still in a core's L2 cache, instead of from
+#: memory after a GEMM over every tap.
+TAP_BLOCK_BYTES = 2**20
+
+#: Rows (batch x pixels) from which col2im_cl multiplies tap by tap
+#: (:func:`_add_tap_blocks`): fewer make GEMMs too small for BLAS (the 125 taps of a
+#: 5x5x5 kernel on two 4x4x4 volumes took 12 ms that way, 7 ms in one GEMM).
+TAP_GEMM_MIN_ROWS = 512
+
+
+def _place(out: np.ndarray, src: np.ndarray, outs: tuple, copy: bool) -> None:
+    """Add (or, for disjoint taps, copy) a tap's block ``src`` (nb, *in, G, channels)
+    into the accumulator's slice ``outs`` of ``out`` (nb, *out, G, channels)."""
+    where = (slice(None),) + outs
+    if copy:
+        out[where] = src
+    else:
+        out[where] += src
+
+
+def _add_tap_blocks(x_rows: np.ndarray, rhs: np.ndarray, scratch: np.ndarray, reach: tuple,
+                    taps: range, out: np.ndarray, g: Geometry, nb: int, copy: bool,
+                    bias: np.ndarray | None) -> None:
+    """col2im_cl's GEMMs as one batched GEMM per few taps: ``x_rows`` (G, nb*pixels,
+    C_in/G) by each tap's (C_in/G x channels) weight, into (G, taps, nb*pixels,
+    channels), so that each tap's block is contiguous, runs of channels merged along
+    the input's last dimension, and still in cache when it is added into ``out`` (nb,
+    *out, G, channels). ``rhs`` is the weight's columns (G, C_in/G, channels*taps),
+    (channel, tap); ``bias`` (G, 1, channels, 1) is added to copied blocks."""
+    groups, width, cin_g = x_rows.shape
+    n_ch = rhs.shape[-1] // len(taps)
+    # (G, taps, C_in/G, channels): one transposing copy of the weight's range
+    per_tap = np.ascontiguousarray(rhs.reshape(groups, cin_g, n_ch, len(taps))
+                                   .transpose(0, 3, 1, 2))
+    step = max(1, min(len(taps), TAP_BLOCK_BYTES // (groups * width * n_ch * x_rows.itemsize)))
+    axes = tuple(range(1, 2 + g.rank)) + (0, 2 + g.rank)  # (G, nb, *in, ch) -> (nb, *in, G, ch)
+    lhs = x_rows[:, None]
+    for t0 in range(0, len(taps), step):
+        found = reach[taps.start + t0:taps.start + min(len(taps), t0 + step)]
+        if not any(found):
+            continue
+        cols = scratch[:groups * len(found) * width * n_ch].reshape(
+            groups, len(found), width, n_ch)
+        if cin_g == 1:  # an outer product: no GEMM per group and tap
+            np.multiply(lhs, per_tap[:, t0:t0 + len(found)], out=cols)
+        else:
+            np.matmul(lhs, per_tap[:, t0:t0 + len(found)], out=cols)
+        if bias is not None:
+            cols += bias.reshape(groups, 1, 1, n_ch)
+        blocks = cols.reshape((groups, len(found), nb) + g.in_size + (n_ch,))
+        for j, slices in enumerate(found):
+            if slices is not None:
+                _place(out, blocks[(slice(None), j, slice(None)) + slices[0]].transpose(axes),
+                       slices[1], copy)

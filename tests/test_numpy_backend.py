@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpu_tconv import cpu_threads, numpy_backend
+from gpu_tconv import cpu_threads, numpy_backend, numpy_col2im
 from gpu_tconv.geometry import geometry_from_shapes
 from gpu_tconv.reference import conv_transpose_reference
 from oracles import Problem, assert_close, assert_within_seam_tolerance, problems
@@ -203,3 +203,28 @@ def test_every_formulation_is_right_on_channels_last_arrays(p: Problem, method, 
     assert g.channels_last and y.dtype == dtype and y.shape == g.out_shape
     expected = conv_transpose_reference(p.x, p.weight, p.bias, **p.params)
     assert_close(np.moveaxis(y, -1, 1), expected, p, dtype)
+
+
+@given(p=problems(max_channels=24), block=st.sampled_from([1, 64, 2**20]),
+       dtype=st.sampled_from([np.float64, np.float32, np.float16]),
+       layout=st.sampled_from(["channels_first", "channels_last"]))
+def test_col2im_cl_tap_by_tap_is_right(p: Problem, block, dtype, layout):
+    # col2im_cl multiplies tap by tap, a few taps per batched GEMM, on many pixels: here
+    # on every problem, with blocks of one tap (1 byte), a few, or all; its result is
+    # the one-GEMM result's within the seam tolerance, and right.
+    p = p.astype(dtype)
+    last = layout == "channels_last"
+    x = np.ascontiguousarray(np.moveaxis(p.x, 1, -1)) if last else p.x
+    g = geometry_from_shapes(x.shape, p.weight.shape, None if p.bias is None else p.bias.shape,
+                             **p.params, layout=layout)
+    if not numpy_backend.applies(g, "col2im_cl", dtype):
+        return
+    one_gemm = numpy_backend.conv_transpose(x, p.weight, p.bias, g, method="col2im_cl")
+    with patch.object(numpy_col2im, "TAP_GEMM_MIN_ROWS", 1), \
+            patch.object(numpy_col2im, "TAP_BLOCK_BYTES", block):
+        y = numpy_backend.conv_transpose(x, p.weight, p.bias, g, method="col2im_cl")
+    if last:
+        y, one_gemm = np.moveaxis(y, -1, 1), np.moveaxis(one_gemm, -1, 1)
+    assert y.dtype == dtype
+    assert_close(y, conv_transpose_reference(p.x, p.weight, p.bias, **p.params), p, dtype)
+    assert_within_seam_tolerance(y, one_gemm, p, dtype)
