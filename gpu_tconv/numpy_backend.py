@@ -207,20 +207,20 @@ def _plans(g: Geometry, method: str) -> tuple[_Plan, ...]:
 #: The cost model's constants (:func:`method_costs`) were fitted by
 #: ``bench/cpu_methods.py --fit``: a grid search for the least time lost against the
 #: best formulation, on the CPU benchmark's layers but the sweep's held-out ones
-#: (``bench/results/cpu-methods-20261202-amd.json``: an idle 2-core AMD EPYC with
+#: (``bench/results/cpu-methods-20261202-amd-2.json``: an idle 2-core AMD EPYC with
 #: AVX-512; near-ties broken by the worst layer's loss).
 #:
 #: How many GEMM flops take the time of one element of memory traffic.
-FLOPS_PER_PASS = 30
+FLOPS_PER_PASS = 50
 
 #: How much slower the gather formulations' GEMMs run than scatter's (fewer rows, more
 #: columns, read from several copies of the input).
-GATHER_GEMM_PENALTY = 0.15
+GATHER_GEMM_PENALTY = 0.0
 
 
 #: How much slower col2im's additions and copies run per element than the phase
 #: formulations' (N-D strided slices of the output instead of contiguous flat ones).
-COL2IM_STRIDED_PENALTY = 1.0
+COL2IM_STRIDED_PENALTY = 3.0
 
 #: What one NumPy call costs beyond its elements, in element passes (a few
 #: microseconds): it decides small layers, where the formulations' call counts differ.
@@ -233,11 +233,11 @@ STACKED_COPY_PASSES = 6
 
 #: How much slower col2im_cl's additions run per element than col2im's contiguous
 #: ones (each tap's block is a slab of runs of channels, one run per input pixel).
-COL2IM_CL_ADD_PENALTY = 1.5
+COL2IM_CL_ADD_PENALTY = 0.75
 
 #: What each element of a transposing copy costs, in passes (col2im_cl's input, output
 #: and weight).
-TRANSPOSE_PASSES = 2
+TRANSPOSE_PASSES = 3
 
 #: What reading an element with a stride of a cache line or more costs beyond a
 #: contiguous read, in passes (col2im_cl's additions when the weight is not reordered).
@@ -464,7 +464,7 @@ COL2IM_PARALLEL_SHARE = 0.2
 
 #: What two parts cost of col2im's time in one, in the cost model (measured on the
 #: layers above 100 Mflop: 0.6 to 0.8).
-COL2IM_PARALLEL_TIME = 0.7
+COL2IM_PARALLEL_TIME = 0.8
 
 
 def _parts(g: Geometry, method: str | None = None) -> int:
