@@ -1,6 +1,6 @@
 """The ``numpy`` backend: a vectorized CPU transposed convolution.
 
-Five formulations, chosen per layer by a cost model (:func:`choose_method`, fitted on
+Six formulations, chosen per layer by a cost model (:func:`choose_method`, fitted on
 the CPU benchmark: see :mod:`gpu_tconv.bench_cpu_layers`); every GEMM is shaped by the
 problem (its columns are the batch chunk's pixels, as many as there are).
 
@@ -33,7 +33,9 @@ pixels only and adds each tap's block straight into the output (or copies it whe
 never overlap: the pixel shuffle of ``kernel == stride``): small images with large
 kernels or strides, and many channels on tiny images, as one GEMM over the whole batch;
 ``col2im_cl`` is col2im with the channels innermost (its additions run over channels,
-not over input rows a few pixels long). A phase formulation whose temporaries for one
+not over input rows a few pixels long). ``hybrid`` (:mod:`gpu_tconv.numpy_hybrid`), for
+stride 1 on 2-D and 3-D layers, is gather along the last dimension and col2im along the
+others: its GEMM's columns span the input, not the output, there. A phase formulation whose temporaries for one
 sample exceed the budget computes the output in boxes, and the cost model counts them.
 
 Cores: a large call (:data:`PARALLEL_MIN_FLOPS`; for col2im, whose additions take
@@ -71,7 +73,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import cpu_threads, numpy_col2im, numpy_stacked
+from . import cpu_threads, numpy_col2im, numpy_hybrid, numpy_stacked
 from .formats import is_bfloat16
 from .geometry import Geometry
 
@@ -269,6 +271,9 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
     - ``stacked`` copies the input once per tap (:data:`STACKED_COPY_PASSES`
       ``C_in K F``) and writes every
       phase's result once, in place (``C_out P F`` for ``P`` phases);
+    - ``hybrid`` (stride 1) is gather whose columns span the input, not the frame,
+      along every dimension but the last (:mod:`gpu_tconv.numpy_hybrid`), and which
+      initializes the output and copies it out (``3 C_out O``);
     - ``col2im`` multiplies over the input pixels only (``I``, not ``F``: what decides
       small images with large kernels or strides), copies the input once (``2 C_in I``)
       and adds each tap's block into the output, or copies it there where taps never
@@ -305,6 +310,13 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
                             + gemm * (1 + GATHER_GEMM_PENALTY)) + write
         + PASSES_PER_CALL * (4 * taps + 3 * phases),
     }
+    if applies(g, "hybrid", dtype):
+        # gather's terms over the hybrid's columns, plus the output's initialization
+        columns, outer = g.batch * numpy_hybrid.columns(g), math.prod(g.kernel[:-1])
+        costs["hybrid"] = (
+            columns * (2 * g.c_in * g.kernel[-1] + 3 * g.c_out * outer
+                       + gemm * (1 + GATHER_GEMM_PENALTY))
+            + 3 * g.c_out * outputs + PASSES_PER_CALL * (2 * g.kernel[-1] + 3 * outer))
     if applies(g, "col2im", dtype):
         disjoint = numpy_col2im.disjoint(g)
         costs["col2im"] = (
@@ -380,7 +392,7 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
         method = choose_method(g, x.dtype)
         # The gather formulations multiply the zeros around the input by the weights,
         # which turns an infinite weight into NaN where PyTorch has none.
-        if method in ("gather", "stacked") and not np.isfinite(weight).all():
+        if method in ("gather", "stacked", "hybrid") and not np.isfinite(weight).all():
             method = "scatter"
     y = np.empty(g.out_shape, x.dtype)
     if g.channels_last:
@@ -398,7 +410,7 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     # as a small layer.
     last, other = (2 + g.rank,), tuple(range(3, 2 + g.rank))  # axes of the taps
     order = ((0, 1) + last + other if method == "scatter" else (0,) + last + (1,) + other) + (2,)
-    if method in ("col2im", "col2im_cl", "stacked"):
+    if method in ("col2im", "col2im_cl", "stacked", "hybrid"):
         order = tuple(range(3 + g.rank))  # they gather their taps' rows themselves
     w = np.ascontiguousarray(weight.astype(compute, copy=False).reshape(
         (g.groups, g.c_in_per_group, g.c_out_per_group) + g.kernel).transpose(order))
@@ -420,6 +432,9 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
             if method == "col2im_cl":
                 numpy_col2im.compute_channels_last(x[samples], w, bias, gk, y_view[samples],
                                                    budget)
+                return
+            if method == "hybrid":
+                numpy_hybrid.compute(x[samples], w, bias, gk, y_view[samples], budget)
                 return
             for in_box, out_box, tile in _tiles(gk, method, compute.itemsize, budget):
                 where = (samples, slice(None)) + out_box
@@ -862,7 +877,7 @@ def _write(y: np.ndarray, accs: list[np.ndarray], phases: tuple[_Phase, ...], g:
 
 
 #: The formulations :func:`conv_transpose` can run (see :func:`choose_method`).
-METHODS = ("scatter", "gather", "stacked", "col2im", "col2im_cl")
+METHODS = ("scatter", "gather", "stacked", "col2im", "col2im_cl", "hybrid")
 
 
 def applies(g: Geometry, method: str, dtype=np.float32) -> bool:
@@ -873,4 +888,6 @@ def applies(g: Geometry, method: str, dtype=np.float32) -> bool:
         return numpy_col2im.applies(g, np.dtype(dtype), compute_dtype(dtype), budget)
     if method == "col2im_cl":
         return numpy_col2im.applies_channels_last(g, compute_dtype(dtype), budget)
+    if method == "hybrid":
+        return numpy_hybrid.applies(g, compute_dtype(dtype), budget)
     return method in METHODS

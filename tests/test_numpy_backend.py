@@ -3,11 +3,12 @@ the same bits run after run, and chunks and boxes within the seam tolerance of t
 
 import threading
 import tracemalloc
+from dataclasses import replace
 from unittest.mock import patch
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from gpu_tconv import cpu_threads, numpy_backend, numpy_col2im
@@ -36,13 +37,16 @@ def test_temporaries_stay_within_budget(monkeypatch, method):
     # The whole batch's column buffer would be 64 x 8 x 4 x 16 x 16 x 8 bytes = 8 MiB.
     x = rng.standard_normal((64, 4, 16, 16))
     w = rng.standard_normal((4, 8, 4, 4))
-    g = geometry_from_shapes(x.shape, w.shape, stride=2, padding=1)
+    stride = 1 if method == "hybrid" else 2  # the hybrid computes stride 1 only
+    g = geometry_from_shapes(x.shape, w.shape, stride=stride, padding=1)
+    assert numpy_backend.applies(g, method, x.dtype)
     extra, y = _peak_temporaries(x, w, g, method)
     # The budget, plus what the backend documents beyond it: copies of the weights, and
     # NumPy's own buffers for ufuncs on strided operands (up to 3 of np.getbufsize()
     # elements).
     assert extra <= budget + 2 * w.nbytes + 3 * np.getbufsize() * x.itemsize, extra
-    np.testing.assert_allclose(y[:2], conv_transpose_reference(x[:2], w, stride=2, padding=1),
+    np.testing.assert_allclose(y[:2], conv_transpose_reference(x[:2], w, stride=stride,
+                                                               padding=1),
                                rtol=1e-12, atol=1e-12)
 
 
@@ -228,3 +232,33 @@ def test_col2im_cl_tap_by_tap_is_right(p: Problem, block, dtype, layout):
     assert y.dtype == dtype
     assert_close(y, conv_transpose_reference(p.x, p.weight, p.bias, **p.params), p, dtype)
     assert_within_seam_tolerance(y, one_gemm, p, dtype)
+
+
+@given(p=problems(ranks=(2, 3), max_channels=8), dtype=st.sampled_from([np.float64, np.float32,
+                                                                        np.float16]),
+       layout=st.sampled_from(["channels_first", "channels_last"]))
+def test_hybrid_is_right_on_stride_1(p: Problem, dtype, layout):
+    # The hybrid (gather along the last dimension, col2im along the others) computes
+    # stride 1 only: the drawn problem with stride 1, against the textbook loops and
+    # within the seam tolerance of gather.
+    params = dict(p.params, stride=1, output_padding=0)
+    last = layout == "channels_last"
+    x = np.ascontiguousarray(np.moveaxis(p.x, 1, -1)) if last else p.x
+    try:
+        g = geometry_from_shapes(x.shape, p.weight.shape,
+                                 None if p.bias is None else p.bias.shape, **params,
+                                 layout=layout)
+    except ValueError:  # padding beyond what stride 1 reaches
+        assume(False)
+    p = Problem(p.x, p.weight, p.bias, params).astype(dtype)
+    x = x.astype(dtype)
+    assert numpy_backend.applies(g, "hybrid", dtype)
+    assert not numpy_backend.applies(replace(g, stride=(2,) + g.stride[1:]), "hybrid", dtype)
+    y = numpy_backend.conv_transpose(x, p.weight, p.bias, g, method="hybrid")
+    gather = numpy_backend.conv_transpose(x, p.weight, p.bias, g, method="gather")
+    if last:
+        y, gather = np.moveaxis(y, -1, 1), np.moveaxis(gather, -1, 1)
+    assert y.dtype == dtype
+    assert_close(y, conv_transpose_reference(p.x, p.weight, p.bias, **params), p, dtype)
+    if dtype != np.float16:  # each is rounded to float16 once, from different sums
+        assert_within_seam_tolerance(y, gather, p, dtype)

@@ -1,0 +1,128 @@
+"""The ``hybrid`` formulation of the NumPy backend, for stride 1 on 2-D and 3-D layers:
+gather along the last dimension, col2im along the others.
+
+With stride 1 the output exceeds the input by ``dilation*(kernel-1) - padding`` along
+every dimension, and gather's GEMM runs over a frame as large as the output: on small
+volumes 1.5 to 4 times the useful arithmetic (a 3x5x5 kernel on 8x8x8: 10x12x12 columns
+per sample where 8x8x12 carry the input). Here the input is copied once per tap of the
+last dimension, shifted along it into rows as long as the output's (zero where the tap
+reaches no input), and the copies are stacked into the GEMM's inner dimension, per group::
+
+    (other taps * C_out/G  x  last taps * C_in/G)  by  (last taps * C_in/G  x  nb*in[:-1]*out[-1])
+
+so the columns span the input, not the output, along the other dimensions. Each block of
+C_out/G rows (one combination of the other dimensions' taps, with shifts ``q_a =
+k_a*dilation_a - padding_a``) is then added into the output at its shift, restricted to
+the inputs that land in it: rows are as long in the block as in the output, so a block's
+addition runs over whole planes, not rows of a few pixels (col2im).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import numpy as np
+
+from .geometry import Geometry
+
+
+def _shift(k: int, d: int, p: int) -> int:
+    """Output index minus input index of tap ``k`` (stride 1)."""
+    return k * d - p
+
+
+@functools.lru_cache(maxsize=512)
+def blocks(g: Geometry) -> tuple:
+    """Per combination of the other dimensions' taps (row-major), the input slices it
+    reads and the output slices it adds into, or None where it reaches no output (pure
+    shape arithmetic, cached)."""
+    found = []
+    for combo in itertools.product(*map(range, g.kernel[:-1])):
+        ins, outs = [], []
+        for k, n_in, n_out, d, p in zip(combo, g.in_size, g.out_size, g.dilation, g.padding):
+            q = _shift(k, d, p)
+            lo, hi = max(0, -q), min(n_in, n_out - q)
+            ins.append(slice(lo, hi))
+            outs.append(slice(lo + q, hi + q))
+        reaches = all(s.start < s.stop for s in ins)
+        found.append((tuple(ins) + (slice(None),), tuple(outs) + (slice(None),))
+                     if reaches else None)
+    return tuple(found)
+
+
+def columns(g: Geometry) -> int:
+    """GEMM columns per sample: the input's extent along the other dimensions, the
+    output's along the last."""
+    return math.prod(g.in_size[:-1]) * g.out_size[-1]
+
+
+def per_sample(g: Geometry) -> int:
+    """Elements of temporaries per sample: the shifted copies, the GEMM's result and the
+    output's accumulator."""
+    return (columns(g) * (g.c_in * g.kernel[-1] + g.c_out * math.prod(g.kernel[:-1]))
+            + g.c_out * math.prod(g.out_size))
+
+
+def applies(g: Geometry, compute_dtype: np.dtype, budget: int) -> bool:
+    """Whether this formulation can compute ``g``: stride 1 on a 2-D or 3-D layer, and
+    one sample's temporaries within ``budget`` bytes (else gather, which splits the
+    output into boxes, takes it)."""
+    return g.rank > 1 and all(s == 1 for s in g.stride) and \
+        per_sample(g) * compute_dtype.itemsize <= budget
+
+
+def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
+            y: np.ndarray, budget: int) -> None:
+    """``y`` (nb, C_out, *out), a possibly strided view, = the transposed convolution of
+    ``x`` (nb, C_in, *in); ``w`` the weight (C_in, C_out/G, *kernel), contiguous, in the
+    compute type; temporaries within ``budget`` bytes (see :func:`applies`)."""
+    from .numpy_backend import _scratch  # the backend imports this module
+
+    groups, cin_g, cout_g, rank = g.groups, g.c_in_per_group, g.c_out_per_group, g.rank
+    compute_dtype, taps_last = w.dtype, g.kernel[-1]
+    outer, cols_per_sample = math.prod(g.kernel[:-1]), columns(g)
+    chunk = min(g.batch, max(1, budget // compute_dtype.itemsize // per_sample(g)))
+    # Rows (other taps, C_out/G), inner dimension (last tap, C_in/G): one transposing
+    # copy of the weight.
+    lhs = np.ascontiguousarray(
+        w.reshape((groups, cin_g, cout_g) + g.kernel)
+        .transpose((0,) + tuple(range(3, 2 + rank)) + (2, 2 + rank, 1))
+    ).reshape(groups, outer * cout_g, taps_last * cin_g)
+    row_shape = g.in_size[:-1] + (g.out_size[-1],)
+    scratch = _scratch(per_sample(g) * chunk * compute_dtype.itemsize).view(compute_dtype)
+    found = blocks(g)
+    w_in, w_out = g.in_size[-1], g.out_size[-1]
+    axes = (1, 2, 0) + tuple(range(3, 3 + rank))  # (nb, G, C, ...) -> (G, C, nb, ...)
+    for n0 in range(0, g.batch, chunk):
+        nb = min(chunk, g.batch - n0)
+        width = nb * cols_per_sample
+        sizes = (taps_last * g.c_in * width, outer * g.c_out * width)
+        copies = scratch[:sizes[0]].reshape((groups, taps_last, cin_g, nb) + row_shape)
+        cols = scratch[sizes[0]:sum(sizes)].reshape(groups, outer * cout_g, width)
+        acc = scratch[sum(sizes):sum(sizes) + g.c_out * nb * math.prod(g.out_size)].reshape(
+            (groups, cout_g, nb) + g.out_size)
+        src = x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size).transpose(axes)
+        for t in range(taps_last):
+            q = _shift(t, g.dilation[-1], g.padding[-1])
+            lo, hi = min(max(0, q), w_out), max(min(w_out, w_in + q), min(max(0, q), w_out))
+            dst = copies[:, t]
+            dst[..., :lo] = 0
+            dst[..., hi:] = 0
+            if lo < hi:
+                dst[..., lo:hi] = src[..., lo - q:hi - q]
+        if cin_g * taps_last == 1:  # an outer product: no GEMM per group
+            np.multiply(lhs, copies.reshape(groups, 1, width), out=cols)
+        else:
+            np.matmul(lhs, copies.reshape(groups, taps_last * cin_g, width), out=cols)
+        acc[...] = 0 if bias is None else \
+            bias.astype(compute_dtype).reshape((groups, cout_g, 1) + (1,) * rank)
+        blocks_view = cols.reshape((groups, outer, cout_g, nb) + row_shape)
+        lead = (slice(None),) * 3
+        for j, slices in enumerate(found):
+            if slices is not None:
+                acc[lead + slices[1]] += blocks_view[(slice(None), j) + lead[1:] + slices[0]]
+        # (C_out, nb, *out) -> (nb, C_out, *out); rounds to float16 here
+        np.copyto(y[n0:n0 + nb], acc.reshape((g.c_out, nb) + g.out_size).swapaxes(0, 1),
+                  casting="unsafe")
