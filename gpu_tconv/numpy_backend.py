@@ -209,20 +209,20 @@ def _plans(g: Geometry, method: str) -> tuple[_Plan, ...]:
 #: The cost model's constants (:func:`method_costs`) were fitted by
 #: ``bench/cpu_methods.py --fit``: a grid search for the least time lost against the
 #: best formulation, on the CPU benchmark's layers but the sweep's held-out ones
-#: (``bench/results/cpu-methods-20261202-amd-2.json``: an idle 2-core AMD EPYC with
+#: (``bench/results/cpu-methods-20261202-amd-3.json``: an idle 2-core AMD EPYC with
 #: AVX-512; near-ties broken by the worst layer's loss).
 #:
 #: How many GEMM flops take the time of one element of memory traffic.
-FLOPS_PER_PASS = 50
+FLOPS_PER_PASS = 30
 
 #: How much slower the gather formulations' GEMMs run than scatter's (fewer rows, more
 #: columns, read from several copies of the input).
-GATHER_GEMM_PENALTY = 0.0
+GATHER_GEMM_PENALTY = 0.15
 
 
 #: How much slower col2im's additions and copies run per element than the phase
 #: formulations' (N-D strided slices of the output instead of contiguous flat ones).
-COL2IM_STRIDED_PENALTY = 3.0
+COL2IM_STRIDED_PENALTY = 2.0
 
 #: What one NumPy call costs beyond its elements, in element passes (a few
 #: microseconds): it decides small layers, where the formulations' call counts differ.
@@ -235,11 +235,11 @@ STACKED_COPY_PASSES = 6
 
 #: How much slower col2im_cl's additions run per element than col2im's contiguous
 #: ones (each tap's block is a slab of runs of channels, one run per input pixel).
-COL2IM_CL_ADD_PENALTY = 0.75
+COL2IM_CL_ADD_PENALTY = 1.0
 
 #: What each element of a transposing copy costs, in passes (col2im_cl's input, output
 #: and weight).
-TRANSPOSE_PASSES = 3
+TRANSPOSE_PASSES = 5
 
 #: What reading an element with a stride of a cache line or more costs beyond a
 #: contiguous read, in passes (col2im_cl's additions when the weight is not reordered).
@@ -247,7 +247,7 @@ STRIDED_READ_PASSES = 0.5
 
 #: What one contiguous run of a strided copy or addition costs beyond its elements, in
 #: element passes: it decides col2im on small images, whose rows are short.
-PASSES_PER_RUN = 30
+PASSES_PER_RUN = 3
 
 
 def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
