@@ -194,13 +194,13 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
 
 
 def reorders_weight(g: Geometry) -> bool:
-    """Whether :func:`compute_channels_last` copies the weight transposed. Either one
-    GEMM leaves a tap's channels with the taps' stride (the weight's own order: no copy
-    of it, but the additions read one element per cache line), or a batched GEMM per
-    few taps leaves each tap's block contiguous (:func:`_add_tap_blocks`: a transposing
-    copy of the weight, which costs about what strided reading costs per element). It
-    reorders when the additions outnumber the weight's elements, i.e. the GEMM has more
-    columns (batch x pixels) than rows."""
+    """Whether :func:`compute_channels_last` copies the weight transposed. Its GEMM
+    leaves a tap's channels either with the taps' stride (the weight's own order: no
+    copy of it, but the additions read one element per cache line) or contiguous
+    (columns (tap, channel), or on many pixels a batched GEMM per few taps, see
+    :func:`_add_tap_blocks`: a transposing copy of the weight, which costs about what
+    strided reading costs per element). It reorders when the additions outnumber the
+    weight's elements, i.e. the GEMM has more columns (batch x pixels) than rows."""
     return g.batch * math.prod(g.in_size) >= g.c_in_per_group
 
 
