@@ -209,7 +209,7 @@ def _plans(g: Geometry, method: str) -> tuple[_Plan, ...]:
 #: The cost model's constants (:func:`method_costs`) were fitted by
 #: ``bench/cpu_methods.py --fit``: a grid search for the least time lost against the
 #: best formulation, on the CPU benchmark's layers but the sweep's held-out ones
-#: (``bench/results/cpu-methods-20261202-amd-3.json``: an idle 2-core AMD EPYC with
+#: (``bench/results/cpu-methods-20261202-amd-3.json``: a 2-core AMD EPYC VM with
 #: AVX-512; near-ties broken by the worst layer's loss).
 #:
 #: How many GEMM flops take the time of one element of memory traffic.
