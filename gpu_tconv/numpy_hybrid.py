@@ -26,29 +26,19 @@ import math
 import numpy as np
 
 from .geometry import Geometry
-
-
-def _shift(k: int, d: int, p: int) -> int:
-    """Output index minus input index of tap ``k`` (stride 1)."""
-    return k * d - p
+from .numpy_backward import _tap_slices
 
 
 @functools.lru_cache(maxsize=512)
 def blocks(g: Geometry) -> tuple:
     """Per combination of the other dimensions' taps (row-major), the input slices it
-    reads and the output slices it adds into, or None where it reaches no output (pure
-    shape arithmetic, cached)."""
+    reads and the output slices it adds into, the last dimension whole, or None where it
+    reaches no output (pure shape arithmetic, cached)."""
     found = []
     for combo in itertools.product(*map(range, g.kernel[:-1])):
-        ins, outs = [], []
-        for k, n_in, n_out, d, p in zip(combo, g.in_size, g.out_size, g.dilation, g.padding):
-            q = _shift(k, d, p)
-            lo, hi = max(0, -q), min(n_in, n_out - q)
-            ins.append(slice(lo, hi))
-            outs.append(slice(lo + q, hi + q))
-        reaches = all(s.start < s.stop for s in ins)
-        found.append((tuple(ins) + (slice(None),), tuple(outs) + (slice(None),))
-                     if reaches else None)
+        slices = _tap_slices(g, combo)  # the other dimensions only: as many as the taps
+        found.append(None if slices is None else
+                     tuple(s + (slice(None),) for s in slices))
     return tuple(found)
 
 
@@ -78,7 +68,7 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     """``y`` (nb, C_out, *out), a possibly strided view, = the transposed convolution of
     ``x`` (nb, C_in, *in); ``w`` the weight (C_in, C_out/G, *kernel), contiguous, in the
     compute type; temporaries within ``budget`` bytes (see :func:`applies`)."""
-    from .numpy_backend import _scratch  # the backend imports this module
+    from .numpy_backend import _reach, _scratch  # the backend imports this module
 
     groups, cin_g, cout_g, rank = g.groups, g.c_in_per_group, g.c_out_per_group, g.rank
     compute_dtype, taps_last = w.dtype, g.kernel[-1]
@@ -105,13 +95,14 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             (groups, cout_g, nb) + g.out_size)
         src = x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size).transpose(axes)
         for t in range(taps_last):
-            q = _shift(t, g.dilation[-1], g.padding[-1])
-            lo, hi = min(max(0, q), w_out), max(min(w_out, w_in + q), min(max(0, q), w_out))
-            dst = copies[:, t]
-            dst[..., :lo] = 0
-            dst[..., hi:] = 0
-            if lo < hi:
-                dst[..., lo:hi] = src[..., lo - q:hi - q]
+            q = t * g.dilation[-1] - g.padding[-1]  # output minus input index (stride 1)
+            dst, reach = copies[:, t], _reach(q, w_in, w_out)
+            if reach is None:  # the tap moves every input out of the output
+                dst[...] = 0
+                continue
+            dst[..., :reach.start] = 0
+            dst[..., reach.stop:] = 0
+            dst[..., reach] = src[..., reach.start - q:reach.stop - q]
         if cin_g * taps_last == 1:  # an outer product: no GEMM per group
             np.multiply(lhs, copies.reshape(groups, 1, width), out=cols)
         else:
