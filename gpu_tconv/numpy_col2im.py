@@ -182,15 +182,11 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             blocks = cols.reshape((groups, len(channels), len(taps), nb) + g.in_size)
             out = y5[n0:n0 + nb, :, channels.start:channels.stop]
             for j, found in enumerate(reach[taps.start:taps.stop]):
-                if found is None:
-                    continue
-                ins, outs = found
-                # (G, channels, nb, *in) -> (nb, G, channels, *in)
-                src = blocks[(slice(None), slice(None), j, slice(None)) + ins].transpose(axes)
-                if copy:
-                    out[(slice(None),) * 3 + outs] = src
-                else:
-                    out[(slice(None),) * 3 + outs] += src
+                if found is not None:
+                    # (G, channels, nb, *in) -> (nb, G, channels, *in)
+                    _place(out, (slice(None),) * 3 + found[1],
+                           blocks[(slice(None), slice(None), j, slice(None)) + found[0]]
+                           .transpose(axes), copy)
 
 
 def reorders_weight(g: Geometry) -> bool:
@@ -279,8 +275,9 @@ def compute_channels_last(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
             for j, found in enumerate(reach[taps.start:taps.stop]):
                 if found is not None:
                     # (G, nb, *in, channels) -> (nb, *in, G, channels)
-                    _place(out, blocks[(slice(None),) * 2 + found[0] + (slice(None), j)]
-                           .transpose(axes), found[1], copy)
+                    _place(out, (slice(None),) + found[1],
+                           blocks[(slice(None),) * 2 + found[0] + (slice(None), j)]
+                           .transpose(axes), copy)
         if not direct:
             np.copyto(y_cl[n0:n0 + nb], acc, casting="unsafe")
 
@@ -296,10 +293,9 @@ TAP_BLOCK_BYTES = 2**20
 TAP_GEMM_MIN_ROWS = 512
 
 
-def _place(out: np.ndarray, src: np.ndarray, outs: tuple, copy: bool) -> None:
-    """Add (or, for disjoint taps, copy) a tap's block ``src`` (nb, *in, G, channels)
-    into the accumulator's slice ``outs`` of ``out`` (nb, *out, G, channels)."""
-    where = (slice(None),) + outs
+def _place(out: np.ndarray, where: tuple, src: np.ndarray, copy: bool) -> None:
+    """Add a tap's block ``src`` into ``out[where]``, or copy it there where taps never
+    overlap (every output is one tap's)."""
     if copy:
         out[where] = src
     else:
@@ -338,5 +334,5 @@ def _add_tap_blocks(x_rows: np.ndarray, rhs: np.ndarray, scratch: np.ndarray, re
         blocks = cols.reshape((groups, len(found), nb) + g.in_size + (n_ch,))
         for j, slices in enumerate(found):
             if slices is not None:
-                _place(out, blocks[(slice(None), j, slice(None)) + slices[0]].transpose(axes),
-                       slices[1], copy)
+                _place(out, (slice(None),) + slices[1],
+                       blocks[(slice(None), j, slice(None)) + slices[0]].transpose(axes), copy)
