@@ -1,6 +1,6 @@
 """The ``numpy`` backend: a vectorized CPU transposed convolution.
 
-Six formulations, chosen per layer by a cost model (:func:`choose_method`, fitted on
+Seven formulations, chosen per layer by a cost model (:func:`choose_method`, fitted on
 the CPU benchmark: see :mod:`gpu_tconv.bench_cpu_layers`); every GEMM is shaped by the
 problem (its columns are the batch chunk's pixels, as many as there are).
 
@@ -35,8 +35,13 @@ kernels or strides, and many channels on tiny images, as one GEMM over the whole
 ``col2im_cl`` is col2im with the channels innermost (its additions run over channels,
 not over input rows a few pixels long). ``hybrid`` (:mod:`gpu_tconv.numpy_hybrid`), for
 stride 1 on 2-D and 3-D layers, is gather along the last dimension and col2im along the
-others: its GEMM's columns span the input, not the output, there. A phase formulation whose temporaries for one
-sample exceed the budget computes the output in boxes, and the cost model counts them.
+others: its GEMM's columns span the input, not the output, there. ``windows``
+(:mod:`gpu_tconv.numpy_windows`), for grouped and depthwise layers, makes one GEMM per
+group whose rows are the output's blocks of ``stride`` outputs and whose columns are the
+output channels times the phases, so its result is the output with block and phase axes
+apart (in 1-D, the output itself): no accumulator, no additions. A phase formulation
+whose temporaries for one sample exceed the budget computes the output in boxes, and
+the cost model counts them.
 
 Cores: a large call (:data:`PARALLEL_MIN_FLOPS`; for col2im, whose additions take
 most of its time, :data:`COL2IM_PARALLEL_SHARE` of it) splits its batch into one part per
@@ -73,7 +78,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import cpu_threads, numpy_col2im, numpy_hybrid, numpy_stacked
+from . import cpu_threads, numpy_col2im, numpy_hybrid, numpy_stacked, numpy_windows
 from .formats import is_bfloat16
 from .geometry import Geometry
 
@@ -245,6 +250,16 @@ TRANSPOSE_PASSES = 5
 #: contiguous read, in passes (col2im_cl's additions when the weight is not reordered).
 STRIDED_READ_PASSES = 0.5
 
+#: What each element the windows formulation's GEMMs read or write costs beyond their
+#: flops, in passes: its GEMMs are small (per group, a few channels times the window by a
+#: few channels times the phases), so memory, not arithmetic, bounds them.
+WINDOWS_GEMM_PASSES = 1.5
+
+#: What one more BLAS call costs, in passes: NumPy's matmul over a stack of groups (and
+#: in the windows formulation, of samples too) calls BLAS once per matrix; depthwise
+#: layers make hundreds of small GEMMs per NumPy call.
+BLAS_CALL_PASSES = 5000
+
 #: What one contiguous run of a strided copy or addition costs beyond its elements, in
 #: element passes: it decides col2im on small images, whose rows are short.
 PASSES_PER_RUN = 3
@@ -287,7 +302,15 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
       of the channels); either the weight is copied transposed or every added element
       is read with the taps' stride (:data:`STRIDED_READ_PASSES`).
 
-    Strided copies and additions pay :data:`PASSES_PER_RUN` per contiguous run: the
+    - ``windows`` (grouped layers) pads the input (``3 C_in``), copies it once per
+      window position over the ``J`` blocks (``2 C_in Q J``), multiplies by the window's
+      taps, zeros included, each GEMM element read or written costing
+      :data:`WINDOWS_GEMM_PASSES` beyond its flops, and copies its result into the
+      output phase by phase (``2 C_out S J``; none in 1-D without bias, where the GEMMs
+      write the output), one BLAS call per sample and group (:data:`BLAS_CALL_PASSES`).
+
+    Beyond the first group, each group's GEMM costs the other formulations one more BLAS
+    call. Strided copies and additions pay :data:`PASSES_PER_RUN` per contiguous run: the
     phases' writes into the output (runs of one output row's phase) and col2im's
     blocks (runs of one input row).
     """
@@ -310,13 +333,33 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
                             + gemm * (1 + GATHER_GEMM_PENALTY)) + write
         + PASSES_PER_CALL * (4 * taps + 3 * phases),
     }
+    # Beyond the first group, each group's GEMM is one more BLAS call (col2im's are outer
+    # products, one NumPy call, with one input channel per group).
+    per_group = BLAS_CALL_PASSES * (g.groups - 1)
+    if per_group:
+        costs["scatter"] += per_group * phases
+        costs["gather"] += per_group * len(_gemms(g, "gather"))
+        costs["stacked"] += per_group * phases
     if applies(g, "hybrid", dtype):
         # gather's terms over the hybrid's columns, plus the output's initialization
         columns, outer = g.batch * numpy_hybrid.columns(g), math.prod(g.kernel[:-1])
         costs["hybrid"] = (
             columns * (2 * g.c_in * g.kernel[-1] + 3 * g.c_out * outer
                        + gemm * (1 + GATHER_GEMM_PENALTY))
-            + 3 * g.c_out * outputs + PASSES_PER_CALL * (2 * g.kernel[-1] + 3 * outer))
+            + 3 * g.c_out * outputs + PASSES_PER_CALL * (2 * g.kernel[-1] + 3 * outer)
+            + per_group)
+    if applies(g, "windows", dtype):
+        padded, blocks, window, row = numpy_windows.sizes(g)
+        phases_out = g.c_out * math.prod(g.stride) * blocks  # the GEMMs' results, per sample
+        direct = g.rank == 1 and not g.has_bias
+        copied = g.c_in * window * blocks + (0 if direct else phases_out)
+        costs["windows"] = g.batch * (
+            3 * g.c_in * padded + 2 * copied + PASSES_PER_RUN * copied // row
+            + 2 * g.c_in * window * phases_out // g.groups / FLOPS_PER_PASS
+            + WINDOWS_GEMM_PASSES * (g.c_in * window * blocks + phases_out)
+            + BLAS_CALL_PASSES * g.groups * (g.c_out_per_group if g.rank == 1 else 1)) \
+            + PASSES_PER_CALL * (6 + (0 if g.rank == 1 else math.prod(g.stride))) \
+            * numpy_windows.steps(g, compute_dtype(dtype).itemsize, TEMP_BUDGET_BYTES)
     if applies(g, "col2im", dtype):
         disjoint = numpy_col2im.disjoint(g)
         costs["col2im"] = (
@@ -391,8 +434,10 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     if method is None:
         method = choose_method(g, x.dtype)
         # The gather formulations multiply the zeros around the input by the weights,
-        # which turns an infinite weight into NaN where PyTorch has none.
-        if method in ("gather", "stacked", "hybrid") and not np.isfinite(weight).all():
+        # which turns an infinite weight into NaN where PyTorch has none; windows also
+        # multiplies the input by the zeros its window holds between taps.
+        if method in ("gather", "stacked", "hybrid", "windows") and not np.isfinite(weight).all() \
+                or method == "windows" and not np.isfinite(x).all():
             method = "scatter"
     y = np.empty(g.out_shape, x.dtype)
     if g.channels_last:
@@ -410,7 +455,7 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     # as a small layer.
     last, other = (2 + g.rank,), tuple(range(3, 2 + g.rank))  # axes of the taps
     order = ((0, 1) + last + other if method == "scatter" else (0,) + last + (1,) + other) + (2,)
-    if method in ("col2im", "col2im_cl", "stacked", "hybrid"):
+    if method in ("col2im", "col2im_cl", "stacked", "hybrid", "windows"):
         order = tuple(range(3 + g.rank))  # they gather their taps' rows themselves
     w = np.ascontiguousarray(weight.astype(compute, copy=False).reshape(
         (g.groups, g.c_in_per_group, g.c_out_per_group) + g.kernel).transpose(order))
@@ -435,6 +480,9 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                 return
             if method == "hybrid":
                 numpy_hybrid.compute(x[samples], w, bias, gk, y_view[samples], budget)
+                return
+            if method == "windows":
+                numpy_windows.compute(x[samples], w, bias, gk, y_view[samples], budget)
                 return
             for in_box, out_box, tile in _tiles(gk, method, compute.itemsize, budget):
                 where = (samples, slice(None)) + out_box
@@ -877,7 +925,7 @@ def _write(y: np.ndarray, accs: list[np.ndarray], phases: tuple[_Phase, ...], g:
 
 
 #: The formulations :func:`conv_transpose` can run (see :func:`choose_method`).
-METHODS = ("scatter", "gather", "stacked", "col2im", "col2im_cl", "hybrid")
+METHODS = ("scatter", "gather", "stacked", "col2im", "col2im_cl", "hybrid", "windows")
 
 
 def applies(g: Geometry, method: str, dtype=np.float32) -> bool:
@@ -890,4 +938,6 @@ def applies(g: Geometry, method: str, dtype=np.float32) -> bool:
         return numpy_col2im.applies_channels_last(g, compute_dtype(dtype), budget)
     if method == "hybrid":
         return numpy_hybrid.applies(g, compute_dtype(dtype), budget)
+    if method == "windows":
+        return numpy_windows.applies(g, compute_dtype(dtype).itemsize, budget)
     return method in METHODS

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from gpu_tconv import cpu_threads, numpy_backend, numpy_col2im
+from gpu_tconv import cpu_threads, numpy_backend, numpy_col2im, numpy_windows
 from gpu_tconv.geometry import geometry_from_shapes
 from gpu_tconv.reference import conv_transpose_reference
 from oracles import Problem, assert_close, assert_within_seam_tolerance, problems
@@ -38,7 +38,9 @@ def test_temporaries_stay_within_budget(monkeypatch, method):
     x = rng.standard_normal((64, 4, 16, 16))
     w = rng.standard_normal((4, 8, 4, 4))
     stride = 1 if method == "hybrid" else 2  # the hybrid computes stride 1 only
-    g = geometry_from_shapes(x.shape, w.shape, stride=stride, padding=1)
+    groups = 2 if method == "windows" else 1  # windows computes grouped layers only
+    w = w[:, :8 // groups]
+    g = geometry_from_shapes(x.shape, w.shape, stride=stride, padding=1, groups=groups)
     assert numpy_backend.applies(g, method, x.dtype)
     extra, y = _peak_temporaries(x, w, g, method)
     # The budget, plus what the backend documents beyond it: copies of the weights, and
@@ -46,7 +48,7 @@ def test_temporaries_stay_within_budget(monkeypatch, method):
     # elements).
     assert extra <= budget + 2 * w.nbytes + 3 * np.getbufsize() * x.itemsize, extra
     np.testing.assert_allclose(y[:2], conv_transpose_reference(x[:2], w, stride=stride,
-                                                               padding=1),
+                                                               padding=1, groups=groups),
                                rtol=1e-12, atol=1e-12)
 
 
@@ -268,3 +270,56 @@ def test_hybrid_is_right_on_stride_1(p: Problem, dtype, layout):
     assert_close(y, conv_transpose_reference(p.x, p.weight, p.bias, **params), p, dtype)
     if dtype != np.float16:  # each is rounded to float16 once, from different sums
         assert_within_seam_tolerance(y, gather, p, dtype)
+
+
+@given(p=problems(max_channels=3), dtype=st.sampled_from([np.float64, np.float32, np.float16]),
+       layout=st.sampled_from(["channels_first", "channels_last"]),
+       budget=st.sampled_from([1, 4096, 8 * 2**20]), groups=st.integers(2, 5))
+def test_windows_is_right_on_grouped_layers(p: Problem, dtype, layout, budget, groups):
+    # The windows formulation (one GEMM per group over the blocks of the output, its
+    # window's zeros padded in; 1-D results written in place), on the drawn problem made
+    # grouped (depthwise when it has one input channel per group), in steps of samples,
+    # groups and block rows: against the textbook loops and within the seam tolerance
+    # of scatter.
+    cin_g, cout_g = p.x.shape[1] // p.params["groups"], p.weight.shape[1]
+    rng = np.random.default_rng(groups)
+    x = rng.standard_normal(p.x.shape[:1] + (groups * cin_g,) + p.x.shape[2:])
+    w = rng.standard_normal((groups * cin_g,) + p.weight.shape[1:])
+    b = None if p.bias is None else rng.standard_normal(groups * cout_g)
+    p = Problem(x, w, b, dict(p.params, groups=groups)).astype(dtype)
+    last = layout == "channels_last"
+    xl = np.ascontiguousarray(np.moveaxis(p.x, 1, -1)) if last else p.x
+    g = geometry_from_shapes(xl.shape, p.weight.shape, None if b is None else b.shape,
+                             **p.params, layout=layout)
+    assert not numpy_backend.applies(replace(g, groups=1), "windows", dtype)
+    with patch.object(numpy_backend, "TEMP_BUDGET_BYTES", budget):
+        assert numpy_backend.applies(g, "windows", dtype) == (
+            budget >= numpy_windows.temp_elements(g, 1, 1, 1) * (8 if dtype == np.float64 else 4))
+        if not numpy_backend.applies(g, "windows", dtype):
+            return
+        y = numpy_backend.conv_transpose(xl, p.weight, p.bias, g, method="windows")
+    scatter = numpy_backend.conv_transpose(xl, p.weight, p.bias, g, method="scatter")
+    if last:
+        y, scatter = np.moveaxis(y, -1, 1), np.moveaxis(scatter, -1, 1)
+    assert y.dtype == dtype
+    assert_close(y, conv_transpose_reference(p.x, p.weight, p.bias, **p.params), p, dtype)
+    if dtype != np.float16:  # each is rounded to float16 once, from different sums
+        assert_within_seam_tolerance(y, scatter, p, dtype)
+
+
+def test_windows_is_chosen_for_depthwise_1d_and_keeps_infinities_where_they_reach():
+    # The windows formulation multiplies the input by the zeros its window holds between
+    # taps, so an infinite input would spread NaN to outputs it never reaches; where one
+    # is present the choice falls back to scatter, and the result is PyTorch's.
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 256, 1024)).astype(np.float32)  # the CPU benchmark's layer
+    w = rng.standard_normal((256, 1, 8)).astype(np.float32)
+    g = geometry_from_shapes(x.shape, w.shape, stride=4, padding=2, groups=256)
+    assert numpy_backend.choose_method(g, x.dtype) == "windows"
+    x[0, 3, 10] = np.inf
+    y = numpy_backend.conv_transpose(x, w, None, g)
+    expected = conv_transpose_reference(x, w, None, stride=4, padding=2, groups=256)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(y[finite], expected[finite], rtol=1e-5, atol=1e-5)

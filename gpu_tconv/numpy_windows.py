@@ -1,0 +1,240 @@
+"""The ``windows`` formulation of the NumPy backend: grouped and depthwise layers.
+
+Along each dimension, output ``o`` lies in block ``j = o // stride`` at phase
+``r = o % stride``. Tap ``t`` sends input ``i`` to ``o = i*stride + t*dilation - padding``,
+so with the kernel's effective offsets shifted by ``P - padding`` (``P`` the padding
+rounded up to whole strides) and zero-padded to ``Q`` whole strides, block ``j`` is
+reached by inputs ``j - q + P/stride`` for ``q`` in ``0..Q-1`` only:
+
+    y[n, g, m, j*s + r] = sum_{c, q} x[n, g, c, j - q + P/s] * W[g, c, m, q*s + r]
+
+(every dimension at once: ``q`` and ``r`` range over all of them). Per group, that is
+one GEMM whose rows are the blocks (``J`` of them), whose inner dimension is the input
+channels times the window (``C_in/G * Q``, read from one copy of the input laid out as
+windows) and whose columns are the output channels times the phases (``C_out/G * S``).
+
+Its result, as ``(J.., C_out/G, S..)``, is the output with its block and phase axes
+apart, so it is written into the output in one strided copy: no accumulator, no
+addition, no interleaving of phases one at a time. For a depthwise 1-D layer with one
+output channel per group it is the output's own layout. This suits layers whose
+GEMMs are small and many (depthwise, grouped), where the other formulations' NumPy
+calls, additions and phase writes dominate. It multiplies the zeros of the padded
+window (``Q*S`` positions for ``prod(kernel)`` taps).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .geometry import Geometry
+
+
+def _dims(g: Geometry) -> list[tuple[int, int, int, int]]:
+    """Per dimension: ``(front, Q, J, base)``: the zeros put before the kernel's
+    effective offsets, the window in strides, the blocks computed (enough to cover the
+    output) and the input index of block 0's window start, ``P/s - (Q-1)``."""
+    out = []
+    for k, s, d, p, n_out in zip(g.kernel, g.stride, g.dilation, g.padding, g.out_size):
+        lead = -(-p // s)  # P/s, P = padding rounded up to whole strides
+        front = lead * s - p
+        window = -(-(front + (k - 1) * d + 1) // s)
+        blocks = -(-n_out // s)
+        out.append((front, window, blocks, lead - (window - 1)))
+    return out
+
+
+def window_weight(w: np.ndarray, g: Geometry) -> np.ndarray:
+    """The GEMMs' right-hand side, ``(G, C_in/G * Q.., C_out/G * S..)``, from the weight
+    ``(G, C_in/G, C_out/G, *kernel)``: the window's position ``Q-1-q`` (the windows run
+    along the input, ``q`` against it) and phase ``r`` hold tap ``t`` where
+    ``front + t*dilation = q*s + r``, zeros elsewhere."""
+    dims = _dims(g)
+    shape = tuple(q * s for (_, q, _, _), s in zip(dims, g.stride))
+    full = np.zeros(w.shape[:3] + shape, w.dtype)
+    full[(Ellipsis,) + tuple(slice(f, f + (k - 1) * d + 1, d) for (f, _, _, _), k, d
+                             in zip(dims, g.kernel, g.dilation))] = w
+    split = full.reshape(w.shape[:3] + tuple(x for (_, q, _, _), s in zip(dims, g.stride)
+                                             for x in (q, s)))
+    split = split[(Ellipsis,) + tuple(x for _ in dims for x in (slice(None, None, -1),
+                                                                 slice(None)))]
+    r = g.rank
+    axes = (0, 1) + tuple(3 + 2 * i for i in range(r)) + (2,) \
+        + tuple(4 + 2 * i for i in range(r))
+    return np.ascontiguousarray(split.transpose(axes)).reshape(
+        g.groups, g.c_in_per_group * math.prod(q for _, q, _, _ in dims),
+        g.c_out_per_group * math.prod(g.stride))
+
+
+def sizes(g: Geometry) -> tuple[int, int, int, int]:
+    """Per sample: the padded input's pixels, the blocks (the GEMMs' rows), the window's
+    positions and the blocks along the last dimension (the runs its copies make)."""
+    dims = _dims(g)
+    return (math.prod(j + q - 1 for _, q, j, _ in dims), math.prod(j for _, _, j, _ in dims),
+            math.prod(q for _, q, _, _ in dims), dims[-1][2])
+
+
+def temp_elements(g: Geometry, samples: int, groups: int, rows: int) -> int:
+    """Elements of the temporaries for ``samples`` samples, ``groups`` groups and
+    ``rows`` blocks along the first dimension: the padded input, its windows and the
+    GEMM's result."""
+    dims = _dims(g)
+    blocks = rows * math.prod(j for _, _, j, _ in dims[1:])
+    padded = (rows + dims[0][1] - 1) * math.prod(j + q - 1 for _, q, j, _ in dims[1:])
+    window = math.prod(q for _, q, _, _ in dims)
+    per = g.c_in_per_group * (padded + blocks * window) \
+        + g.c_out_per_group * blocks * math.prod(g.stride)
+    return samples * groups * per
+
+
+def applies(g: Geometry, itemsize: int, budget: int) -> bool:
+    """Grouped layers (its GEMMs are per group, and it was built and fitted for them),
+    whose temporaries for one block row of one group of one sample fit ``budget``."""
+    return g.groups > 1 and temp_elements(g, 1, 1, 1) * itemsize <= budget
+
+
+def _chunks(g: Geometry, itemsize: int, budget: int) -> tuple[int, int, int]:
+    """Samples, groups and first-dimension blocks per step, within ``budget`` bytes."""
+    rows = _dims(g)[0][2]
+    limit = max(1, budget // itemsize)
+    if temp_elements(g, 1, 1, rows) > limit:
+        per_row = temp_elements(g, 1, 1, 2) - temp_elements(g, 1, 1, 1)
+        return 1, 1, max(1, (limit - temp_elements(g, 1, 1, 1)) // max(per_row, 1) + 1)
+    if temp_elements(g, 1, g.groups, rows) > limit:
+        return 1, max(1, limit // temp_elements(g, 1, 1, rows)), rows
+    return max(1, limit // temp_elements(g, 1, g.groups, rows)), g.groups, rows
+
+
+def steps(g: Geometry, itemsize: int, budget: int) -> int:
+    """The steps :func:`compute` takes within ``budget``."""
+    samples, groups, rows = _chunks(g, itemsize, budget)
+    return (-(-g.batch // samples)) * (-(-g.groups // groups)) * (-(-_dims(g)[0][2] // rows))
+
+
+def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
+            y: np.ndarray, budget: int) -> None:
+    """``y`` (N, C_out, *out) from ``x`` (N, C_in, *in) and ``w`` (G, C_in/G, C_out/G,
+    *kernel), in steps of samples, groups and blocks of the first dimension, whose
+    temporaries live in the backend's scratch memory."""
+    from .numpy_backend import _scratch  # the backend imports this module
+    dims, r = _dims(g), g.rank
+    wm = window_weight(w, g)
+    samples, groups, rows = _chunks(g, wm.itemsize, budget)
+    scratch = _scratch(temp_elements(g, samples, groups, rows) * wm.itemsize).view(wm.dtype)
+    ci, m = g.c_in_per_group, g.c_out_per_group
+    xg = x.reshape((x.shape[0], g.groups, ci) + x.shape[2:])
+    yg = _split(y, (y.shape[0], g.groups, m) + y.shape[2:])
+    b = None if bias is None else bias.reshape((g.groups, m) + (1,) * (2 * r))
+    for n0 in range(0, x.shape[0], samples):
+        for g0 in range(0, g.groups, groups):
+            gs = slice(g0, g0 + groups)
+            for a0 in range(0, dims[0][2], rows):
+                spans = [(a0, min(a0 + rows, dims[0][2]))] + [(0, j) for _, _, j, _ in dims[1:]]
+                _step(xg[n0:n0 + samples, gs], wm[gs], None if b is None else b[gs], g,
+                      yg[n0:n0 + samples, gs], dims, spans, scratch)
+
+
+def _windows(xs: np.ndarray, g: Geometry, dims, spans, scratch: np.ndarray) -> np.ndarray:
+    """The input's windows over the blocks ``spans``, (n, G, C_in/G * Q.., J..), in
+    ``scratch``: one contiguous row of blocks per channel and window position, which
+    BLAS reads transposed as it lies (copied the other way round, Q innermost, the copy
+    runs 2 to 5 elements at a time)."""
+    r = g.rank
+    blocks = tuple(hi - lo for lo, hi in spans)
+    q = tuple(q for _, q, _, _ in dims)
+    padded = scratch[:math.prod(xs.shape[:3]) * math.prod(n + k - 1 for n, k in zip(blocks, q))]
+    padded = padded.reshape(xs.shape[:3] + tuple(n + k - 1 for n, k in zip(blocks, q)))
+    padded.fill(0)
+    dst, src = [], []
+    for (lo, hi), (_, k, _, base), n_in in zip(spans, dims, g.in_size):
+        start = lo + base  # the input index of the padded array's first position
+        first, last = max(start, 0), min(start + hi - lo + k - 1, n_in)
+        dst.append(slice(first - start, max(last - start, first - start)))
+        src.append(slice(first, max(last, first)))
+    padded[(Ellipsis,) + tuple(dst)] = xs[(Ellipsis,) + tuple(src)]
+    view = sliding_window_view(padded, q, axis=tuple(range(3, 3 + r))).transpose(
+        (0, 1, 2) + tuple(range(3 + r, 3 + 2 * r)) + tuple(range(3, 3 + r)))
+    windows = scratch[padded.size:padded.size + view.size].reshape(view.shape)
+    np.copyto(windows, view)
+    return windows.reshape(xs.shape[:2] + (-1, math.prod(blocks)))
+
+
+def _step(xs, wm, b, g: Geometry, ys, dims, spans, scratch) -> None:
+    """The blocks ``spans`` of samples ``xs`` (n, G, C_in/G, *in) into ``ys`` (n, G,
+    C_out/G, *out), ``wm`` and ``b`` those groups' weight and bias."""
+    nb, gb, m = xs.shape[0], xs.shape[1], g.c_out_per_group
+    at = _windows(xs, g, dims, spans, scratch)  # (n, G, C_in/G * Q, J)
+    free = scratch[math.prod(xs.shape[:3]) * math.prod(
+        hi - lo + q - 1 for (lo, hi), (_, q, _, _) in zip(spans, dims)) + at.size:]
+    blocks = [hi - lo for lo, hi in spans]
+    a0, a1 = spans[0]
+    whole = blocks[0] if a1 * g.stride[0] <= g.out_size[0] else blocks[0] - 1
+    if g.rank == 1 and whole > 0:
+        # 1-D: every output channel's GEMM writes its blocks and phases straight into
+        # the output, (J, S) being the output's own layout
+        s = g.stride[0]
+        lhs = at.swapaxes(-1, -2)[:, :, None, :whole]  # (n, G, 1, J, C_in/G * Q)
+        rhs = wm.reshape(gb, -1, m, s).swapaxes(1, 2)  # (G, m, C_in/G * Q, S)
+        out = _split(ys[:, :, :, a0 * s:(a0 + whole) * s], (nb, gb, m, whole, s))
+        if out.dtype == wm.dtype and b is None:
+            np.matmul(lhs, rhs, out=out)
+        else:
+            res = free[:out.size].reshape(out.shape)
+            np.matmul(lhs, rhs, out=res)
+            _add(res, b, out)
+        if whole == blocks[0]:
+            return
+        at, spans, blocks = at[..., whole:], [(a0 + whole, a1)], [1]
+    # (n, G, C_out/G * S, J): each output channel's phases as rows of blocks, so that
+    # each phase is then copied into the output in runs as long as the blocks' rows
+    # (copying (J, S) as it lies runs S elements at a time: 8 times slower)
+    res = free[:nb * gb * wm.shape[-1] * math.prod(blocks)].reshape(
+        nb, gb, wm.shape[-1], math.prod(blocks))
+    np.matmul(wm.swapaxes(-1, -2), at, out=res)
+    _store(res.reshape((nb, gb, m) + g.stride + tuple(blocks)), ys, b, g, spans)
+
+
+def _add(res: np.ndarray, b, out: np.ndarray) -> None:
+    """``out = res + bias`` (or a rounding copy), ``res`` (n, G, m, J, S)."""
+    if b is None:
+        out[...] = res
+    else:
+        np.add(res, b, out=out, casting="unsafe")
+
+
+def _store(v: np.ndarray, y: np.ndarray, b, g: Geometry, spans) -> None:
+    """Write ``v`` (n, G, m, S1.., J1..) into the output's blocks ``spans``, a phase at a
+    time, through a view of ``y`` split into blocks and phases; each dimension's last,
+    partial block apart."""
+    r = g.rank
+    pieces = []
+    for (lo, hi), s, n_out in zip(spans, g.stride, g.out_size):
+        whole = min(hi, n_out // s) - lo
+        ways = [(slice(lo * s, (lo + whole) * s), slice(0, whole), s, whole)] if whole > 0 \
+            else []
+        if hi * s > n_out and whole < hi - lo:  # the last block, cut by the output's end
+            rest = n_out - (lo + whole) * s
+            ways.append((slice((lo + whole) * s, n_out), slice(whole, whole + 1), rest, 1))
+        pieces.append(ways)
+    for combo in itertools.product(*pieces):
+        out = y[(slice(None),) * 3 + tuple(c[0] for c in combo)]
+        out = _split(out, out.shape[:3] + tuple(x for c in combo for x in (c[3], c[2])))
+        src = v[(Ellipsis,) + tuple(c[1] for c in combo)]
+        for phase in itertools.product(*(range(c[2]) for c in combo)):
+            dst = out[(slice(None),) * 3 + tuple(x for p in phase for x in (slice(None), p))]
+            if b is None:
+                dst[...] = src[(slice(None),) * 3 + phase]
+            else:
+                np.add(src[(slice(None),) * 3 + phase], b[(Ellipsis,) + (0,) * r], out=dst,
+                       casting="unsafe")
+
+
+def _split(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``a`` with axes split into ``shape``, as a view (splitting an axis never needs a
+    copy, whatever the strides; the results are written through it)."""
+    view = a.reshape(shape)
+    assert np.may_share_memory(view, a)
+    return view
