@@ -117,8 +117,8 @@ GRID = {"FLOPS_PER_PASS": [30, 50, 70, 100], "GATHER_GEMM_PENALTY": [0.0, 0.15, 
 #: The constants that cost only grouped layers (each term is zero, or the formulation
 #: does not apply, with one group), fitted after :data:`GRID` on the grouped rows alone,
 #: the others as fitted: so the dense layers' fit is what it was without them.
-GROUPED_GRID = {"WINDOWS_GEMM_PASSES": [0.25, 0.5, 1, 1.5, 2, 3, 5],
-                "BLAS_CALL_PASSES": [0, 1000, 2000, 5000, 10000, 20000, 40000]}
+GROUPED_GRID = {"WINDOWS_GEMM_PASSES": [0.5, 1, 1.5, 2, 3, 5, 8, 12],
+                "BLAS_CALL_PASSES": [0, 2000, 5000, 10000, 20000, 40000, 80000, 160000]}
 
 
 def _losses(rows: list[dict]) -> tuple[float, float, float]:

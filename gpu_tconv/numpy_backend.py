@@ -253,12 +253,12 @@ STRIDED_READ_PASSES = 0.5
 #: What each element the windows formulation's GEMMs read or write costs beyond their
 #: flops, in passes: its GEMMs are small (per group, a few channels times the window by a
 #: few channels times the phases), so memory, not arithmetic, bounds them.
-WINDOWS_GEMM_PASSES = 1.5
+WINDOWS_GEMM_PASSES = 5
 
 #: What one more BLAS call costs, in passes: NumPy's matmul over a stack of groups (and
 #: in the windows formulation, of samples too) calls BLAS once per matrix; depthwise
 #: layers make hundreds of small GEMMs per NumPy call.
-BLAS_CALL_PASSES = 5000
+BLAS_CALL_PASSES = 40000
 
 #: What one contiguous run of a strided copy or addition costs beyond its elements, in
 #: element passes: it decides col2im on small images, whose rows are short.
@@ -360,6 +360,8 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
             + BLAS_CALL_PASSES * g.groups * (g.c_out_per_group if g.rank == 1 else 1)) \
             + PASSES_PER_CALL * (6 + (0 if g.rank == 1 else math.prod(g.stride))) \
             * numpy_windows.steps(g, compute_dtype(dtype).itemsize, TEMP_BUDGET_BYTES)
+        if numpy_windows.parts(g) > 1:
+            costs["windows"] *= numpy_windows.PARALLEL_TIME
     if applies(g, "col2im", dtype):
         disjoint = numpy_col2im.disjoint(g)
         costs["col2im"] = (

@@ -24,12 +24,15 @@ window (``Q*S`` positions for ``prod(kernel)`` taps).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from . import cpu_threads
 from .geometry import Geometry
 
 
@@ -92,8 +95,9 @@ def temp_elements(g: Geometry, samples: int, groups: int, rows: int) -> int:
 
 def applies(g: Geometry, itemsize: int, budget: int) -> bool:
     """Grouped layers (its GEMMs are per group, and it was built and fitted for them),
-    whose temporaries for one block row of one group of one sample fit ``budget``."""
-    return g.groups > 1 and temp_elements(g, 1, 1, 1) * itemsize <= budget
+    whose temporaries for one block row of one group of one sample fit a part's share of
+    ``budget``."""
+    return g.groups > 1 and temp_elements(g, 1, 1, 1) * itemsize <= budget // parts(g)
 
 
 def _chunks(g: Geometry, itemsize: int, budget: int) -> tuple[int, int, int]:
@@ -105,7 +109,7 @@ def _chunks(g: Geometry, itemsize: int, budget: int) -> tuple[int, int, int]:
         return 1, 1, max(1, (limit - temp_elements(g, 1, 1, 1)) // max(per_row, 1) + 1)
     if temp_elements(g, 1, g.groups, rows) > limit:
         return 1, max(1, limit // temp_elements(g, 1, 1, rows)), rows
-    return max(1, limit // temp_elements(g, 1, g.groups, rows)), g.groups, rows
+    return min(g.batch, max(1, limit // temp_elements(g, 1, g.groups, rows))), g.groups, rows
 
 
 def steps(g: Geometry, itemsize: int, budget: int) -> int:
@@ -114,21 +118,50 @@ def steps(g: Geometry, itemsize: int, budget: int) -> int:
     return (-(-g.batch // samples)) * (-(-g.groups // groups)) * (-(-_dims(g)[0][2] // rows))
 
 
+#: Outputs of a call from which its groups are split between the cores (each part with
+#: BLAS on one core): its GEMMs are too small for BLAS to share them, and its copies run
+#: on one core. On the grouped benchmark layers two parts took 0.46 to 0.94 of the time
+#: of one (median 0.65) from 1 Mi outputs, and up to twice the time below.
+PARALLEL_MIN_OUTPUTS = 2**20
+
+#: What two parts cost of the time in one, in the cost model (the median above).
+PARALLEL_TIME = 0.65
+
+
+def parts(g: Geometry) -> int:
+    """Parts of the groups computed at once, one per core."""
+    if g.batch * g.c_out * math.prod(g.out_size) < PARALLEL_MIN_OUTPUTS:
+        return 1
+    return max(1, min(g.groups, cpu_threads.blas_threads()))
+
+
 def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             y: np.ndarray, budget: int) -> None:
     """``y`` (N, C_out, *out) from ``x`` (N, C_in, *in) and ``w`` (G, C_in/G, C_out/G,
     *kernel), in steps of samples, groups and blocks of the first dimension, whose
-    temporaries live in the backend's scratch memory."""
-    from .numpy_backend import _scratch  # the backend imports this module
-    dims, r = _dims(g), g.rank
+    temporaries live in the backend's scratch memory; large calls split their groups
+    between the cores (:func:`parts`)."""
     wm = window_weight(w, g)
-    samples, groups, rows = _chunks(g, wm.itemsize, budget)
-    scratch = _scratch(temp_elements(g, samples, groups, rows) * wm.itemsize).view(wm.dtype)
-    ci, m = g.c_in_per_group, g.c_out_per_group
+    ci, m, r = g.c_in_per_group, g.c_out_per_group, g.rank
     xg = x.reshape((x.shape[0], g.groups, ci) + x.shape[2:])
     yg = _split(y, (y.shape[0], g.groups, m) + y.shape[2:])
     b = None if bias is None else bias.reshape((g.groups, m) + (1,) * (2 * r))
-    for n0 in range(0, x.shape[0], samples):
+    n = parts(g)
+    ranges = [slice(g.groups * k // n, g.groups * (k + 1) // n) for k in range(n)]
+    cpu_threads.run_pieces([functools.partial(
+        _part, xg[:, gs], wm[gs], None if b is None else b[gs], g, yg[:, gs], budget // n)
+        for gs in ranges], n)
+
+
+def _part(xg, wm, b, g: Geometry, yg, budget: int) -> None:
+    """Groups ``xg`` (N, G', C_in/G, *in) into ``yg`` (N, G', C_out/G, *out), in steps."""
+    from .numpy_backend import _scratch  # the backend imports this module
+    g = replace(g, groups=xg.shape[1], c_in=xg.shape[1] * g.c_in_per_group,
+                c_out=xg.shape[1] * g.c_out_per_group)
+    dims = _dims(g)
+    samples, groups, rows = _chunks(g, wm.itemsize, budget)
+    scratch = _scratch(temp_elements(g, samples, groups, rows) * wm.itemsize).view(wm.dtype)
+    for n0 in range(0, xg.shape[0], samples):
         for g0 in range(0, g.groups, groups):
             gs = slice(g0, g0 + groups)
             for a0 in range(0, dims[0][2], rows):

@@ -274,13 +274,14 @@ def test_hybrid_is_right_on_stride_1(p: Problem, dtype, layout):
 
 @given(p=problems(max_channels=3), dtype=st.sampled_from([np.float64, np.float32, np.float16]),
        layout=st.sampled_from(["channels_first", "channels_last"]),
-       budget=st.sampled_from([1, 4096, 8 * 2**20]), groups=st.integers(2, 5))
-def test_windows_is_right_on_grouped_layers(p: Problem, dtype, layout, budget, groups):
+       budget=st.sampled_from([1, 4096, 8 * 2**20]), groups=st.integers(2, 5),
+       split=st.booleans())
+def test_windows_is_right_on_grouped_layers(p: Problem, dtype, layout, budget, groups, split):
     # The windows formulation (one GEMM per group over the blocks of the output, its
     # window's zeros padded in; 1-D results written in place), on the drawn problem made
     # grouped (depthwise when it has one input channel per group), in steps of samples,
-    # groups and block rows: against the textbook loops and within the seam tolerance
-    # of scatter.
+    # groups and block rows, its groups in one part or split between the cores: against
+    # the textbook loops and within the seam tolerance of scatter.
     cin_g, cout_g = p.x.shape[1] // p.params["groups"], p.weight.shape[1]
     rng = np.random.default_rng(groups)
     x = rng.standard_normal(p.x.shape[:1] + (groups * cin_g,) + p.x.shape[2:])
@@ -292,9 +293,12 @@ def test_windows_is_right_on_grouped_layers(p: Problem, dtype, layout, budget, g
     g = geometry_from_shapes(xl.shape, p.weight.shape, None if b is None else b.shape,
                              **p.params, layout=layout)
     assert not numpy_backend.applies(replace(g, groups=1), "windows", dtype)
-    with patch.object(numpy_backend, "TEMP_BUDGET_BYTES", budget):
+    with patch.object(numpy_backend, "TEMP_BUDGET_BYTES", budget), \
+            patch.object(numpy_windows, "PARALLEL_MIN_OUTPUTS", 0 if split else 2**62):
+        assert (numpy_windows.parts(g) > 1) == (split and cpu_threads.blas_threads() > 1)
         assert numpy_backend.applies(g, "windows", dtype) == (
-            budget >= numpy_windows.temp_elements(g, 1, 1, 1) * (8 if dtype == np.float64 else 4))
+            budget // numpy_windows.parts(g)
+            >= numpy_windows.temp_elements(g, 1, 1, 1) * (8 if dtype == np.float64 else 4))
         if not numpy_backend.applies(g, "windows", dtype):
             return
         y = numpy_backend.conv_transpose(xl, p.weight, p.bias, g, method="windows")
