@@ -327,3 +327,18 @@ def test_windows_is_chosen_for_depthwise_1d_and_keeps_infinities_where_they_reac
     np.testing.assert_array_equal(np.isinf(y), np.isinf(expected))
     finite = np.isfinite(expected)
     np.testing.assert_allclose(y[finite], expected[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_the_memoized_choice_follows_the_model_constants():
+    # choose_method is memoized; its key holds the cost model's constants, so that a
+    # refit (or a test) that sets one is followed, never answered from a stale memo.
+    g = geometry_from_shapes((4, 242, 152), (242, 4, 2), stride=3, padding=1, dilation=3)
+    costs = numpy_backend.method_costs(g, np.float32)
+    first = numpy_backend.choose_method(g, np.float32)
+    assert first == min(costs, key=costs.get)
+    with patch.object(numpy_backend, "COL2IM_STRIDED_PENALTY", 1e6):
+        costs = numpy_backend.method_costs(g, np.float32)
+        assert numpy_backend.choose_method(g, np.float32) == min(costs, key=costs.get)
+        changed = min(costs, key=costs.get)
+    assert changed != first  # the patch moved the choice, so the memo was tested
+    assert numpy_backend.choose_method(g, np.float32) == first
