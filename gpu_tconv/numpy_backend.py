@@ -259,7 +259,7 @@ WINDOWS_GEMM_PASSES = 5
 #: What one more BLAS call costs, in passes: NumPy's matmul over a stack of groups (and
 #: in the windows formulation, of samples too) calls BLAS once per matrix; depthwise
 #: layers make hundreds of small GEMMs per NumPy call.
-BLAS_CALL_PASSES = 40000
+BLAS_CALL_PASSES = 10000
 
 #: What one contiguous run of a strided copy or addition costs beyond its elements, in
 #: element passes: it decides col2im on small images, whose rows are short.

@@ -1,12 +1,12 @@
 """The ``windows`` formulation of the NumPy backend: grouped and depthwise layers.
 
-Along each dimension, output ``o`` lies in block ``j = o // stride`` at phase
-``r = o % stride``. Tap ``t`` sends input ``i`` to ``o = i*stride + t*dilation - padding``,
-so with the kernel's effective offsets shifted by ``P - padding`` (``P`` the padding
-rounded up to whole strides) and zero-padded to ``Q`` whole strides, block ``j`` is
-reached by inputs ``j - q + P/stride`` for ``q`` in ``0..Q-1`` only:
+Along each dimension, with ``s`` the stride and ``p`` the padding, output ``o`` lies in
+block ``j = (o + p % s) // s`` at phase ``r = (o + p % s) % s``. Tap ``t`` sends input
+``i`` to ``o = i*s + t*dilation - p``, so with the kernel's effective offsets
+``e = t*dilation`` zero-padded to ``Q`` whole strides, ``e = q*s + r``, block ``j`` is
+reached by inputs ``j - q + p // s`` for ``q`` in ``0..Q-1`` only:
 
-    y[n, g, m, j*s + r] = sum_{c, q} x[n, g, c, j - q + P/s] * W[g, c, m, q*s + r]
+    y[n, g, m, j*s + r - p % s] = sum_{c, q} x[n, g, c, j - q + p // s] * W[g, c, m, q*s + r]
 
 (every dimension at once: ``q`` and ``r`` range over all of them). Per group, that is
 one GEMM whose rows are the blocks (``J`` of them), whose inner dimension is the input
@@ -37,16 +37,14 @@ from .geometry import Geometry
 
 
 def _dims(g: Geometry) -> list[tuple[int, int, int, int]]:
-    """Per dimension: ``(front, Q, J, base)``: the zeros put before the kernel's
-    effective offsets, the window in strides, the blocks computed (enough to cover the
-    output) and the input index of block 0's window start, ``P/s - (Q-1)``."""
+    """Per dimension: ``(off, Q, J, base)``: the outputs block 0 has before output 0
+    (``p % s``: the blocks start where the padding ends, so that the window is as short
+    as the kernel allows), the window in strides, the blocks (enough to cover the
+    output) and the input index of block 0's window start, ``p // s - (Q-1)``."""
     out = []
     for k, s, d, p, n_out in zip(g.kernel, g.stride, g.dilation, g.padding, g.out_size):
-        lead = -(-p // s)  # P/s, P = padding rounded up to whole strides
-        front = lead * s - p
-        window = -(-(front + (k - 1) * d + 1) // s)
-        blocks = -(-n_out // s)
-        out.append((front, window, blocks, lead - (window - 1)))
+        window = -(-((k - 1) * d + 1) // s)
+        out.append((p % s, window, -(-(n_out + p % s) // s), p // s - (window - 1)))
     return out
 
 
@@ -54,12 +52,12 @@ def window_weight(w: np.ndarray, g: Geometry) -> np.ndarray:
     """The GEMMs' right-hand side, ``(G, C_in/G * Q.., C_out/G * S..)``, from the weight
     ``(G, C_in/G, C_out/G, *kernel)``: the window's position ``Q-1-q`` (the windows run
     along the input, ``q`` against it) and phase ``r`` hold tap ``t`` where
-    ``front + t*dilation = q*s + r``, zeros elsewhere."""
+    ``t*dilation = q*s + r``, zeros elsewhere."""
     dims = _dims(g)
     shape = tuple(q * s for (_, q, _, _), s in zip(dims, g.stride))
     full = np.zeros(w.shape[:3] + shape, w.dtype)
-    full[(Ellipsis,) + tuple(slice(f, f + (k - 1) * d + 1, d) for (f, _, _, _), k, d
-                             in zip(dims, g.kernel, g.dilation))] = w
+    full[(Ellipsis,) + tuple(slice(0, (k - 1) * d + 1, d)
+                             for k, d in zip(g.kernel, g.dilation))] = w
     split = full.reshape(w.shape[:3] + tuple(x for (_, q, _, _), s in zip(dims, g.stride)
                                              for x in (q, s)))
     split = split[(Ellipsis,) + tuple(x for _ in dims for x in (slice(None, None, -1),
@@ -202,32 +200,61 @@ def _step(xs, wm, b, g: Geometry, ys, dims, spans, scratch) -> None:
     at = _windows(xs, g, dims, spans, scratch)  # (n, G, C_in/G * Q, J)
     free = scratch[math.prod(xs.shape[:3]) * math.prod(
         hi - lo + q - 1 for (lo, hi), (_, q, _, _) in zip(spans, dims)) + at.size:]
-    blocks = [hi - lo for lo, hi in spans]
-    a0, a1 = spans[0]
-    whole = blocks[0] if a1 * g.stride[0] <= g.out_size[0] else blocks[0] - 1
-    if g.rank == 1 and whole > 0:
-        # 1-D: every output channel's GEMM writes its blocks and phases straight into
-        # the output, (J, S) being the output's own layout
-        s = g.stride[0]
-        lhs = at.swapaxes(-1, -2)[:, :, None, :whole]  # (n, G, 1, J, C_in/G * Q)
+    if g.rank == 1:
+        # 1-D: on whole blocks, every output channel's GEMM writes its blocks and
+        # phases straight into the output, (J, S) being the output's own layout; a block
+        # cut by either end of the output goes the general way
+        lo, s = spans[0][0], g.stride[0]
         rhs = wm.reshape(gb, -1, m, s).swapaxes(1, 2)  # (G, m, C_in/G * Q, S)
-        out = _split(ys[:, :, :, a0 * s:(a0 + whole) * s], (nb, gb, m, whole, s))
-        if out.dtype == wm.dtype and b is None:
-            np.matmul(lhs, rhs, out=out)
-        else:
-            res = free[:out.size].reshape(out.shape)
-            np.matmul(lhs, rhs, out=res)
-            _add(res, b, out)
-        if whole == blocks[0]:
-            return
-        at, spans, blocks = at[..., whole:], [(a0 + whole, a1)], [1]
-    # (n, G, C_out/G * S, J): each output channel's phases as rows of blocks, so that
-    # each phase is then copied into the output in runs as long as the blocks' rows
-    # (copying (J, S) as it lies runs S elements at a time: 8 times slower)
+        for out, blocks, phases in _pieces(spans[0], s, dims[0][0], g.out_size[0]):
+            at_piece = at[..., blocks.start - lo:blocks.stop - lo]
+            if phases.stop - phases.start < s:
+                _gemm_store(at_piece, wm, b, g, ys, [(blocks.start, blocks.stop)], free)
+                continue
+            lhs = at_piece.swapaxes(-1, -2)[:, :, None]  # (n, G, 1, J, C_in/G * Q)
+            y_out = _split(ys[..., out], (nb, gb, m, blocks.stop - blocks.start, s))
+            if y_out.dtype == wm.dtype and b is None:
+                np.matmul(lhs, rhs, out=y_out)
+            else:
+                res = free[:y_out.size].reshape(y_out.shape)
+                np.matmul(lhs, rhs, out=res)
+                _add(res, b, y_out)
+        return
+    _gemm_store(at, wm, b, g, ys, spans, free)
+
+
+def _gemm_store(at, wm, b, g: Geometry, ys, spans, free) -> None:
+    """The GEMM of the windows ``at`` (n, G, C_in/G * Q, J) of blocks ``spans``, and its
+    result stored into ``ys``; its result in ``free``.
+
+    The result is (n, G, C_out/G * S, J): each output channel's phases as rows of blocks,
+    so that each phase is then copied into the output in runs as long as the blocks'
+    rows (copying (J, S) as it lies runs S elements at a time: 8 times slower)."""
+    nb, gb = at.shape[:2]
+    blocks = tuple(hi - lo for lo, hi in spans)
     res = free[:nb * gb * wm.shape[-1] * math.prod(blocks)].reshape(
         nb, gb, wm.shape[-1], math.prod(blocks))
     np.matmul(wm.swapaxes(-1, -2), at, out=res)
-    _store(res.reshape((nb, gb, m) + g.stride + tuple(blocks)), ys, b, g, spans)
+    _store(res.reshape((nb, gb, g.c_out_per_group) + g.stride + blocks), ys, b, g, spans)
+
+
+def _pieces(span: tuple[int, int], s: int, off: int, n_out: int) -> list:
+    """The blocks ``span`` along one dimension as ``(outputs, blocks, phases)`` slices:
+    the whole blocks together, and apart each block cut by the output's start (block 0,
+    whose first ``off`` phases lie before output 0) or end."""
+    lo, hi = span
+    first, last = (1 if off else 0), (n_out + off) // s  # the whole blocks: first..last-1
+    pieces = []
+    if off and lo == 0:
+        pieces.append((slice(0, min(s - off, n_out)), slice(0, 1),
+                       slice(off, off + min(s - off, n_out))))
+    if max(lo, first) < min(hi, last):
+        j0, j1 = max(lo, first), min(hi, last)
+        pieces.append((slice(j0 * s - off, j1 * s - off), slice(j0, j1), slice(0, s)))
+    if (n_out + off) % s and lo <= last < hi and not (off and last == 0):
+        pieces.append((slice(last * s - off, n_out), slice(last, last + 1),
+                       slice(0, n_out + off - last * s)))
+    return pieces
 
 
 def _add(res: np.ndarray, b, out: np.ndarray) -> None:
@@ -239,25 +266,20 @@ def _add(res: np.ndarray, b, out: np.ndarray) -> None:
 
 
 def _store(v: np.ndarray, y: np.ndarray, b, g: Geometry, spans) -> None:
-    """Write ``v`` (n, G, m, S1.., J1..) into the output's blocks ``spans``, a phase at a
-    time, through a view of ``y`` split into blocks and phases; each dimension's last,
-    partial block apart."""
+    """Write ``v`` (n, G, m, S1.., J1..) of the blocks ``spans`` into the output, a phase
+    at a time, through views of ``y`` split into blocks and phases (:func:`_pieces`)."""
     r = g.rank
-    pieces = []
-    for (lo, hi), s, n_out in zip(spans, g.stride, g.out_size):
-        whole = min(hi, n_out // s) - lo
-        ways = [(slice(lo * s, (lo + whole) * s), slice(0, whole), s, whole)] if whole > 0 \
-            else []
-        if hi * s > n_out and whole < hi - lo:  # the last block, cut by the output's end
-            rest = n_out - (lo + whole) * s
-            ways.append((slice((lo + whole) * s, n_out), slice(whole, whole + 1), rest, 1))
-        pieces.append(ways)
-    for combo in itertools.product(*pieces):
+    per_dim = [_pieces(span, s, off, n_out) for span, s, (off, _, _, _), n_out
+               in zip(spans, g.stride, _dims(g), g.out_size)]
+    for combo in itertools.product(*per_dim):
         out = y[(slice(None),) * 3 + tuple(c[0] for c in combo)]
-        out = _split(out, out.shape[:3] + tuple(x for c in combo for x in (c[3], c[2])))
-        src = v[(Ellipsis,) + tuple(c[1] for c in combo)]
-        for phase in itertools.product(*(range(c[2]) for c in combo)):
-            dst = out[(slice(None),) * 3 + tuple(x for p in phase for x in (slice(None), p))]
+        out = _split(out, out.shape[:3] + tuple(
+            x for c in combo for x in (c[1].stop - c[1].start, c[2].stop - c[2].start)))
+        src = v[(Ellipsis,) + tuple(slice(c[1].start - lo, c[1].stop - lo)
+                                    for c, (lo, _) in zip(combo, spans))]
+        for phase in itertools.product(*(range(c[2].start, c[2].stop) for c in combo)):
+            dst = out[(slice(None),) * 3 + tuple(
+                x for p, c in zip(phase, combo) for x in (slice(None), p - c[2].start))]
             if b is None:
                 dst[...] = src[(slice(None),) * 3 + phase]
             else:
