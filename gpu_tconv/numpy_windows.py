@@ -13,13 +13,14 @@ one GEMM whose rows are the blocks (``J`` of them), whose inner dimension is the
 channels times the window (``C_in/G * Q``, read from one copy of the input laid out as
 windows) and whose columns are the output channels times the phases (``C_out/G * S``).
 
-Its result, as ``(J.., C_out/G, S..)``, is the output with its block and phase axes
-apart, so it is written into the output in one strided copy: no accumulator, no
-addition, no interleaving of phases one at a time. For a depthwise 1-D layer with one
-output channel per group it is the output's own layout. This suits layers whose
-GEMMs are small and many (depthwise, grouped), where the other formulations' NumPy
-calls, additions and phase writes dominate. It multiplies the zeros of the padded
-window (``Q*S`` positions for ``prod(kernel)`` taps).
+Its result is the output with its block and phase axes apart: no accumulator, no
+addition. In 1-D it is the output's own layout, ``(C_out/G, J, S)``, and the GEMMs write
+the output itself; in 2-D and 3-D the GEMM is computed as ``(C_out/G * S, J)`` and each
+phase copied into the output with runs as long as the blocks' rows. This suits layers
+whose GEMMs are small and many (depthwise, grouped), where the other formulations'
+NumPy calls, additions and phase interleaving dominate. It multiplies the zeros of the
+padded window (``Q*S`` positions for ``prod(kernel)`` taps); its temporaries (the
+padded input, its windows, the GEMM's result) live in the backend's scratch memory.
 """
 
 from __future__ import annotations
