@@ -169,11 +169,12 @@ def _part(xg, wm, b, g: Geometry, yg, budget: int) -> None:
                       yg[n0:n0 + samples, gs], dims, spans, scratch)
 
 
-def _windows(xs: np.ndarray, g: Geometry, dims, spans, scratch: np.ndarray) -> np.ndarray:
+def _windows(xs: np.ndarray, g: Geometry, dims, spans,
+             scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The input's windows over the blocks ``spans``, (n, G, C_in/G * Q.., J..), in
     ``scratch``: one contiguous row of blocks per channel and window position, which
     BLAS reads transposed as it lies (copied the other way round, Q innermost, the copy
-    runs 2 to 5 elements at a time)."""
+    runs 2 to 5 elements at a time); and the rest of ``scratch``, free."""
     r = g.rank
     blocks = tuple(hi - lo for lo, hi in spans)
     q = tuple(q for _, q, _, _ in dims)
@@ -191,16 +192,15 @@ def _windows(xs: np.ndarray, g: Geometry, dims, spans, scratch: np.ndarray) -> n
         (0, 1, 2) + tuple(range(3 + r, 3 + 2 * r)) + tuple(range(3, 3 + r)))
     windows = scratch[padded.size:padded.size + view.size].reshape(view.shape)
     np.copyto(windows, view)
-    return windows.reshape(xs.shape[:2] + (-1, math.prod(blocks)))
+    return (windows.reshape(xs.shape[:2] + (-1, math.prod(blocks))),
+            scratch[padded.size + view.size:])
 
 
 def _step(xs, wm, b, g: Geometry, ys, dims, spans, scratch) -> None:
     """The blocks ``spans`` of samples ``xs`` (n, G, C_in/G, *in) into ``ys`` (n, G,
     C_out/G, *out), ``wm`` and ``b`` those groups' weight and bias."""
     nb, gb, m = xs.shape[0], xs.shape[1], g.c_out_per_group
-    at = _windows(xs, g, dims, spans, scratch)  # (n, G, C_in/G * Q, J)
-    free = scratch[math.prod(xs.shape[:3]) * math.prod(
-        hi - lo + q - 1 for (lo, hi), (_, q, _, _) in zip(spans, dims)) + at.size:]
+    at, free = _windows(xs, g, dims, spans, scratch)  # at: (n, G, C_in/G * Q, J)
     if g.rank == 1:
         # 1-D: on whole blocks, every output channel's GEMM writes its blocks and
         # phases straight into the output, (J, S) being the output's own layout; a block
@@ -210,7 +210,7 @@ def _step(xs, wm, b, g: Geometry, ys, dims, spans, scratch) -> None:
         for out, blocks, phases in _pieces(spans[0], s, dims[0][0], g.out_size[0]):
             at_piece = at[..., blocks.start - lo:blocks.stop - lo]
             if phases.stop - phases.start < s:
-                _gemm_store(at_piece, wm, b, g, ys, [(blocks.start, blocks.stop)], free)
+                _gemm_store(at_piece, wm, b, g, ys, dims, [(blocks.start, blocks.stop)], free)
                 continue
             lhs = at_piece.swapaxes(-1, -2)[:, :, None]  # (n, G, 1, J, C_in/G * Q)
             y_out = _split(ys[..., out], (nb, gb, m, blocks.stop - blocks.start, s))
@@ -221,10 +221,10 @@ def _step(xs, wm, b, g: Geometry, ys, dims, spans, scratch) -> None:
                 np.matmul(lhs, rhs, out=res)
                 _add(res, b, y_out)
         return
-    _gemm_store(at, wm, b, g, ys, spans, free)
+    _gemm_store(at, wm, b, g, ys, dims, spans, free)
 
 
-def _gemm_store(at, wm, b, g: Geometry, ys, spans, free) -> None:
+def _gemm_store(at, wm, b, g: Geometry, ys, dims, spans, free) -> None:
     """The GEMM of the windows ``at`` (n, G, C_in/G * Q, J) of blocks ``spans``, and its
     result stored into ``ys``; its result in ``free``.
 
@@ -236,7 +236,8 @@ def _gemm_store(at, wm, b, g: Geometry, ys, spans, free) -> None:
     res = free[:nb * gb * wm.shape[-1] * math.prod(blocks)].reshape(
         nb, gb, wm.shape[-1], math.prod(blocks))
     np.matmul(wm.swapaxes(-1, -2), at, out=res)
-    _store(res.reshape((nb, gb, g.c_out_per_group) + g.stride + blocks), ys, b, g, spans)
+    _store(res.reshape((nb, gb, g.c_out_per_group) + g.stride + blocks), ys, b, g, dims,
+           spans)
 
 
 def _pieces(span: tuple[int, int], s: int, off: int, n_out: int) -> list:
@@ -259,19 +260,20 @@ def _pieces(span: tuple[int, int], s: int, off: int, n_out: int) -> list:
 
 
 def _add(res: np.ndarray, b, out: np.ndarray) -> None:
-    """``out = res + bias`` (or a rounding copy), ``res`` (n, G, m, J, S)."""
+    """``out = res + b`` (or a rounding copy where ``b`` is None), into the output's
+    type."""
     if b is None:
         out[...] = res
     else:
         np.add(res, b, out=out, casting="unsafe")
 
 
-def _store(v: np.ndarray, y: np.ndarray, b, g: Geometry, spans) -> None:
+def _store(v: np.ndarray, y: np.ndarray, b, g: Geometry, dims, spans) -> None:
     """Write ``v`` (n, G, m, S1.., J1..) of the blocks ``spans`` into the output, a phase
     at a time, through views of ``y`` split into blocks and phases (:func:`_pieces`)."""
     r = g.rank
     per_dim = [_pieces(span, s, off, n_out) for span, s, (off, _, _, _), n_out
-               in zip(spans, g.stride, _dims(g), g.out_size)]
+               in zip(spans, g.stride, dims, g.out_size)]
     for combo in itertools.product(*per_dim):
         out = y[(slice(None),) * 3 + tuple(c[0] for c in combo)]
         out = _split(out, out.shape[:3] + tuple(
@@ -281,11 +283,8 @@ def _store(v: np.ndarray, y: np.ndarray, b, g: Geometry, spans) -> None:
         for phase in itertools.product(*(range(c[2].start, c[2].stop) for c in combo)):
             dst = out[(slice(None),) * 3 + tuple(
                 x for p, c in zip(phase, combo) for x in (slice(None), p - c[2].start))]
-            if b is None:
-                dst[...] = src[(slice(None),) * 3 + phase]
-            else:
-                np.add(src[(slice(None),) * 3 + phase], b[(Ellipsis,) + (0,) * r], out=dst,
-                       casting="unsafe")
+            _add(src[(slice(None),) * 3 + phase], None if b is None else b[(Ellipsis,) + (0,) * r],
+                 dst)
 
 
 def _split(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -296,9 +296,9 @@ def test_windows_is_right_on_grouped_layers(p: Problem, dtype, layout, budget, g
     with patch.object(numpy_backend, "TEMP_BUDGET_BYTES", budget), \
             patch.object(numpy_windows, "PARALLEL_MIN_OUTPUTS", 0 if split else 2**62):
         assert (numpy_windows.parts(g) > 1) == (split and cpu_threads.blas_threads() > 1)
+        itemsize = numpy_backend.compute_dtype(dtype).itemsize
         assert numpy_backend.applies(g, "windows", dtype) == (
-            budget // numpy_windows.parts(g)
-            >= numpy_windows.temp_elements(g, 1, 1, 1) * (8 if dtype == np.float64 else 4))
+            budget // numpy_windows.parts(g) >= numpy_windows.temp_elements(g, 1, 1, 1) * itemsize)
         if not numpy_backend.applies(g, "windows", dtype):
             return
         y = numpy_backend.conv_transpose(xl, p.weight, p.bias, g, method="windows")
