@@ -164,18 +164,22 @@ def _search(grid: dict, rows: list[dict]) -> dict:
     return best
 
 
-def fit(paths: list[str]) -> dict:
+def fit(paths: list[str], grouped_only: bool = False) -> dict:
     """The grid's constants that lose least time on the rows not held out (see
-    :data:`TIE`); printed with how the rule fares on the held-out rows."""
+    :data:`TIE`); printed with how the rule fares on the held-out rows. With
+    ``grouped_only``, :data:`GROUPED_GRID` alone, on the grouped rows (the others as
+    they are)."""
     # A layer timed in several files: the last file's row (a later run with more
     # formulations, say, over the rows of an earlier one).
     rows = list({r["name"]: r for path in paths for r in _rows(path)
                  if r["ms"].get("torch") and min(r["ms"].values()) < 1e6}.values())
     for r in rows:
         r["params"] = {k: tuple(v) if isinstance(v, list) else v for k, v in r["params"].items()}
+    if grouped_only:
+        rows = [r for r in rows if r["params"].get("groups", 1) > 1]
     fitted = [r for r in rows if not r["held_out"]]
     held = [r for r in rows if r["held_out"]]
-    best = _search(GRID, fitted)
+    best = {} if grouped_only else _search(GRID, fitted)
     best.update(_search(GROUPED_GRID, [r for r in fitted if r["params"].get("groups", 1) > 1]))
     report = {"constants": best, "fitted": _losses(fitted), "held_out": _losses(held),
               "rows_fitted": len(fitted), "rows_held_out": len(held)}
@@ -189,13 +193,14 @@ def main() -> None:
     parser.add_argument("--only", default="")
     parser.add_argument("--start", type=int, default=0, help="skip the first START layers")
     parser.add_argument("--grouped", action="store_true",
-                        help="only the grouped layers (groups > 1, depthwise included)")
+                        help="only the grouped layers (groups > 1, depthwise included); "
+                             "with --fit, only their constants (GROUPED_GRID), on them")
     parser.add_argument("--output", default="bench/results/cpu-methods.json")
     parser.add_argument("--fit", metavar="JSON", nargs="+",
                         help="fit the cost model's constants to files this script wrote")
     args = parser.parse_args()
     if args.fit:
-        fit(args.fit)
+        fit(args.fit, args.grouped)
         return
     warm_heap()
     rng = np.random.default_rng(0)

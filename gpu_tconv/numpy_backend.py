@@ -307,8 +307,10 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
       window position over the ``J`` blocks (``2 C_in Q J``), multiplies by the window's
       taps, zeros included, each GEMM element read or written costing
       :data:`WINDOWS_GEMM_PASSES` beyond its flops, and copies its result into the
-      output phase by phase (``2 C_out S J``; none in 1-D without bias, where the GEMMs
-      write the output), one BLAS call per sample and group (:data:`BLAS_CALL_PASSES`).
+      output (``2 C_out S J``: phase by phase, or in 1-D in one run per channel), one
+      BLAS call per sample and group (:data:`BLAS_CALL_PASSES`; in 1-D per output
+      channel too). In 1-D its GEMMs take rows of ``L`` blocks, whose window is
+      ``Q + L - 1`` positions.
 
     Beyond the first group, each group's GEMM costs the other formulations one more BLAS
     call. Strided copies and additions pay :data:`PASSES_PER_RUN` per contiguous run: the
@@ -352,11 +354,14 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
     if applies(g, "windows", dtype):
         padded, blocks, window, row = numpy_windows.sizes(g)
         phases_out = g.c_out * math.prod(g.stride) * blocks  # the GEMMs' results, per sample
-        direct = g.rank == 1 and not g.has_bias
-        copied = g.c_in * window * blocks + (0 if direct else phases_out)
+        # (in 1-D the result is copied into the output in one run per channel, which
+        # streams: one pass, where the phase-by-phase copies of 2-D and 3-D take two)
+        copied = g.c_in * window * blocks + (phases_out / 2 if g.rank == 1 else phases_out)
+        # the GEMMs' inner dimension: in 1-D a row's window, Q + L - 1 positions
+        inner = g.c_in_per_group * window * (numpy_windows.row_blocks(g) if g.rank == 1 else 1)
         costs["windows"] = g.batch * (
             3 * g.c_in * padded + 2 * copied + PASSES_PER_RUN * copied // row
-            + 2 * g.c_in * window * phases_out // g.groups / FLOPS_PER_PASS
+            + 2 * inner * phases_out / FLOPS_PER_PASS
             + WINDOWS_GEMM_PASSES * (g.c_in * window * blocks + phases_out)
             + BLAS_CALL_PASSES * g.groups * (g.c_out_per_group if g.rank == 1 else 1)) \
             + PASSES_PER_CALL * (6 + (0 if g.rank == 1 else math.prod(g.stride))) \

@@ -31,7 +31,7 @@ import math
 from dataclasses import replace
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from . import cpu_threads
 from .geometry import Geometry
@@ -71,11 +71,55 @@ def window_weight(w: np.ndarray, g: Geometry) -> np.ndarray:
         g.c_out_per_group * math.prod(g.stride))
 
 
-def sizes(g: Geometry) -> tuple[int, int, int, int]:
-    """Per sample: the padded input's pixels, the blocks (the GEMMs' rows), the window's
-    positions and the blocks along the last dimension (the runs its copies make)."""
+#: Columns (output channels x phases) a 1-D GEMM of windows should have at least: rows
+#: of ``L`` blocks each (:func:`row_blocks`) make GEMMs of few columns wider. Depthwise
+#: k8 s4 (1024 x 2 x 4 per channel) took 1.75 ms in OpenBLAS, with rows of 4 blocks
+#: (256 x 5 x 16) 0.86 ms, of 2 or 8 blocks about 1.0 ms, of 32 2.6 ms.
+ROW_COLUMNS = 16
+
+
+def row_blocks(g: Geometry) -> int:
+    """Blocks per row of the 1-D GEMMs, ``L``: the smallest power of 2 that gives the
+    GEMM :data:`ROW_COLUMNS` columns, while the window it reads (``Q + L - 1``
+    positions, against ``Q`` for one block) stays within 2.5 times ``Q``, or 8
+    elements."""
+    q, cols = _dims(g)[0][1], g.c_out_per_group * g.stride[0]
+    blocks = 1
+    while cols * blocks < ROW_COLUMNS and (q + 2 * blocks - 1 <= 2.5 * q
+                                          or g.c_in_per_group * (q + 2 * blocks - 1) <= 8):
+        blocks *= 2
+    return blocks
+
+
+def _unit(g: Geometry) -> int:
+    """Blocks the first dimension's steps take a multiple of: 1-D rows' blocks."""
+    return row_blocks(g) if g.rank == 1 else 1
+
+
+def row_weight(wm: np.ndarray, g: Geometry, blocks: int) -> np.ndarray:
+    """The 1-D GEMMs' right-hand side for rows of ``blocks`` blocks, (G, C_out/G,
+    C_in/G * (Q + L - 1), L * S), from :func:`window_weight`'s ``wm``: block ``l`` of a
+    row reads window positions ``l .. l + Q - 1`` of the row's window."""
+    gb, (ci, m, s), q = wm.shape[0], (g.c_in_per_group, g.c_out_per_group, g.stride[0]), \
+        _dims(g)[0][1]
+    w5 = wm.reshape(gb, ci, q, m, s)
+    full = np.zeros((gb, m, ci, q + blocks - 1, blocks, s), wm.dtype)
+    for l in range(blocks):
+        full[:, :, :, l:l + q, l] = w5.transpose(0, 3, 1, 2, 4)
+    return full.reshape(gb, m, ci * (q + blocks - 1), blocks * s)
+
+
+def sizes(g: Geometry) -> tuple[int, int, float, int]:
+    """Per sample: the padded input's pixels, the blocks, the window's positions per
+    block (the GEMMs' inner dimension per input channel, ``(Q + L - 1) / L`` in 1-D with
+    rows of ``L`` blocks) and the runs along the last dimension its copies make (the
+    blocks, or in 1-D the rows)."""
     dims = _dims(g)
-    return (math.prod(j + q - 1 for _, q, j, _ in dims), math.prod(j for _, _, j, _ in dims),
+    blocks = math.prod(j for _, _, j, _ in dims)
+    if g.rank == 1:
+        size, (_, q, j, _) = row_blocks(g), dims[0]
+        return j + q - 1, blocks, (q + size - 1) / size, -(-j // size)
+    return (math.prod(j + q - 1 for _, q, j, _ in dims), blocks,
             math.prod(q for _, q, _, _ in dims), dims[-1][2])
 
 
@@ -84,6 +128,7 @@ def temp_elements(g: Geometry, samples: int, groups: int, rows: int) -> int:
     ``rows`` blocks along the first dimension: the padded input, its windows and the
     GEMM's result."""
     dims = _dims(g)
+    rows = -(-rows // _unit(g)) * _unit(g)
     blocks = rows * math.prod(j for _, _, j, _ in dims[1:])
     padded = (rows + dims[0][1] - 1) * math.prod(j + q - 1 for _, q, j, _ in dims[1:])
     window = math.prod(q for _, q, _, _ in dims)
@@ -101,11 +146,12 @@ def applies(g: Geometry, itemsize: int, budget: int) -> bool:
 
 def _chunks(g: Geometry, itemsize: int, budget: int) -> tuple[int, int, int]:
     """Samples, groups and first-dimension blocks per step, within ``budget`` bytes."""
-    rows = _dims(g)[0][2]
+    rows, unit = _dims(g)[0][2], _unit(g)
     limit = max(1, budget // itemsize)
     if temp_elements(g, 1, 1, rows) > limit:
-        per_row = temp_elements(g, 1, 1, 2) - temp_elements(g, 1, 1, 1)
-        return 1, 1, max(1, (limit - temp_elements(g, 1, 1, 1)) // max(per_row, 1) + 1)
+        first = temp_elements(g, 1, 1, unit)
+        per_unit = temp_elements(g, 1, 1, 2 * unit) - first
+        return 1, 1, unit * max(1, (limit - first) // max(per_unit, 1) + 1)
     if temp_elements(g, 1, g.groups, rows) > limit:
         return 1, max(1, limit // temp_elements(g, 1, 1, rows)), rows
     return min(g.batch, max(1, limit // temp_elements(g, 1, g.groups, rows))), g.groups, rows
@@ -145,15 +191,19 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     xg = x.reshape((x.shape[0], g.groups, ci) + x.shape[2:])
     yg = _split(y, (y.shape[0], g.groups, m) + y.shape[2:])
     b = None if bias is None else bias.reshape((g.groups, m) + (1,) * (2 * r))
+    # 1-D: the GEMMs' right-hand side for rows of L blocks
+    w_rows = None if r > 1 else row_weight(wm, g, row_blocks(g))
     n = parts(g)
     ranges = [slice(g.groups * k // n, g.groups * (k + 1) // n) for k in range(n)]
     cpu_threads.run_pieces([functools.partial(
-        _part, xg[:, gs], wm[gs], None if b is None else b[gs], g, yg[:, gs], budget // n)
+        _part, xg[:, gs], wm[gs], None if w_rows is None else w_rows[gs],
+        None if b is None else b[gs], g, yg[:, gs], budget // n)
         for gs in ranges], n)
 
 
-def _part(xg, wm, b, g: Geometry, yg, budget: int) -> None:
-    """Groups ``xg`` (N, G', C_in/G, *in) into ``yg`` (N, G', C_out/G, *out), in steps."""
+def _part(xg, wm, w_rows, b, g: Geometry, yg, budget: int) -> None:
+    """Groups ``xg`` (N, G', C_in/G, *in) into ``yg`` (N, G', C_out/G, *out), in steps;
+    ``w_rows``: in 1-D, :func:`row_weight`'s right-hand side, else None."""
     from .numpy_backend import _scratch  # the backend imports this module
     g = replace(g, groups=xg.shape[1], c_in=xg.shape[1] * g.c_in_per_group,
                 c_out=xg.shape[1] * g.c_out_per_group)
@@ -165,21 +215,20 @@ def _part(xg, wm, b, g: Geometry, yg, budget: int) -> None:
             gs = slice(g0, g0 + groups)
             for a0 in range(0, dims[0][2], rows):
                 spans = [(a0, min(a0 + rows, dims[0][2]))] + [(0, j) for _, _, j, _ in dims[1:]]
-                _step(xg[n0:n0 + samples, gs], wm[gs], None if b is None else b[gs], g,
-                      yg[n0:n0 + samples, gs], dims, spans, scratch)
+                _step(xg[n0:n0 + samples, gs], wm[gs],
+                      None if w_rows is None else w_rows[gs],
+                      None if b is None else b[gs], g, yg[n0:n0 + samples, gs], dims, spans,
+                      scratch)
 
 
-def _windows(xs: np.ndarray, g: Geometry, dims, spans,
-             scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The input's windows over the blocks ``spans``, (n, G, C_in/G * Q.., J..), in
-    ``scratch``: one contiguous row of blocks per channel and window position, which
-    BLAS reads transposed as it lies (copied the other way round, Q innermost, the copy
-    runs 2 to 5 elements at a time); and the rest of ``scratch``, free."""
-    r = g.rank
+def _padded(xs: np.ndarray, g: Geometry, dims, spans,
+            scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The input the blocks ``spans`` read, zero-padded, (n, G, C_in/G, J.. + Q.. - 1),
+    in ``scratch``; and the rest of ``scratch``, free."""
     blocks = tuple(hi - lo for lo, hi in spans)
     q = tuple(q for _, q, _, _ in dims)
-    padded = scratch[:math.prod(xs.shape[:3]) * math.prod(n + k - 1 for n, k in zip(blocks, q))]
-    padded = padded.reshape(xs.shape[:3] + tuple(n + k - 1 for n, k in zip(blocks, q)))
+    shape = xs.shape[:3] + tuple(n + k - 1 for n, k in zip(blocks, q))
+    padded = scratch[:math.prod(shape)].reshape(shape)
     padded.fill(0)
     dst, src = [], []
     for (lo, hi), (_, k, _, base), n_in in zip(spans, dims, g.in_size):
@@ -188,40 +237,64 @@ def _windows(xs: np.ndarray, g: Geometry, dims, spans,
         dst.append(slice(first - start, max(last - start, first - start)))
         src.append(slice(first, max(last, first)))
     padded[(Ellipsis,) + tuple(dst)] = xs[(Ellipsis,) + tuple(src)]
+    return padded, scratch[padded.size:]
+
+
+def _windows(padded: np.ndarray, q: tuple[int, ...],
+             scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The windows of ``q`` positions of ``padded`` (n, G, C_in/G, *blocks + q - 1),
+    (n, G, C_in/G * Q.., J..), in ``scratch``: one contiguous row of blocks per channel
+    and window position, which BLAS reads transposed as it lies (copied the other way
+    round, Q innermost, the copy runs 2 to 5 elements at a time); and the rest of
+    ``scratch``, free."""
+    r = len(q)
     view = sliding_window_view(padded, q, axis=tuple(range(3, 3 + r))).transpose(
         (0, 1, 2) + tuple(range(3 + r, 3 + 2 * r)) + tuple(range(3, 3 + r)))
-    windows = scratch[padded.size:padded.size + view.size].reshape(view.shape)
+    windows = scratch[:view.size].reshape(view.shape)
     np.copyto(windows, view)
-    return (windows.reshape(xs.shape[:2] + (-1, math.prod(blocks))),
-            scratch[padded.size + view.size:])
+    return windows.reshape(padded.shape[:2] + (-1, math.prod(view.shape[-r:]))), \
+        scratch[view.size:]
 
 
-def _step(xs, wm, b, g: Geometry, ys, dims, spans, scratch) -> None:
+def _step(xs, wm, w_rows, b, g: Geometry, ys, dims, spans, scratch) -> None:
     """The blocks ``spans`` of samples ``xs`` (n, G, C_in/G, *in) into ``ys`` (n, G,
-    C_out/G, *out), ``wm`` and ``b`` those groups' weight and bias."""
-    nb, gb, m = xs.shape[0], xs.shape[1], g.c_out_per_group
-    at, free = _windows(xs, g, dims, spans, scratch)  # at: (n, G, C_in/G * Q, J)
-    if g.rank == 1:
-        # 1-D: on whole blocks, every output channel's GEMM writes its blocks and
-        # phases straight into the output, (J, S) being the output's own layout; a block
-        # cut by either end of the output goes the general way
-        lo, s = spans[0][0], g.stride[0]
-        rhs = wm.reshape(gb, -1, m, s).swapaxes(1, 2)  # (G, m, C_in/G * Q, S)
-        for out, blocks, phases in _pieces(spans[0], s, dims[0][0], g.out_size[0]):
-            at_piece = at[..., blocks.start - lo:blocks.stop - lo]
-            if phases.stop - phases.start < s:
-                _gemm_store(at_piece, wm, b, g, ys, dims, [(blocks.start, blocks.stop)], free)
-                continue
-            lhs = at_piece.swapaxes(-1, -2)[:, :, None]  # (n, G, 1, J, C_in/G * Q)
-            y_out = _split(ys[..., out], (nb, gb, m, blocks.stop - blocks.start, s))
-            if y_out.dtype == wm.dtype and b is None:
-                np.matmul(lhs, rhs, out=y_out)
-            else:
-                res = free[:y_out.size].reshape(y_out.shape)
-                np.matmul(lhs, rhs, out=res)
-                _add(res, b, y_out)
+    C_out/G, *out), ``wm``, ``w_rows`` and ``b`` those groups' weights and bias."""
+    q = tuple(q for _, q, _, _ in dims)
+    if g.rank > 1:
+        padded, free = _padded(xs, g, dims, spans, scratch)
+        at, free = _windows(padded, q, free)  # (n, G, C_in/G * Q, J)
+        _gemm_store(at, wm, b, g, ys, dims, spans, free)
         return
-    _gemm_store(at, wm, b, g, ys, dims, spans, free)
+    # 1-D: per output channel one GEMM over rows of L blocks each, whose result, (rows,
+    # L*S), is the output's own layout: the outputs of the blocks are copied in one run
+    # (the blocks cut by either end of the output are in it, as a row's part)
+    (lo, hi), s, off = spans[0], g.stride[0], dims[0][0]
+    size = w_rows.shape[-1] // s
+    n_rows = -(-(hi - lo) // size)
+    padded, free = _padded(xs, g, dims, [(lo, lo + n_rows * size)], scratch)
+    res = _rows(padded, n_rows, size, w_rows, free)
+    first, last = max(lo * s - off, 0), min(hi * s - off, g.out_size[0])
+    _add(res[..., first + off - lo * s:last + off - lo * s],
+         None if b is None else b[..., 0], ys[..., first:last])
+
+
+def _rows(padded, n_rows: int, size: int, rhs, free) -> np.ndarray:
+    """1-D: the GEMMs of ``n_rows`` rows of ``size`` blocks, the first at ``padded``'s
+    start, per output channel the rows' windows, (n_rows x C_in/G * (Q + L - 1)), by
+    ``rhs`` (G, m, C_in/G * (Q + L - 1), L*S); their result (n, G, m, n_rows*L*S), in
+    ``free``."""
+    nb, gb, ci = padded.shape[:3]
+    width = rhs.shape[2] // ci
+    st = padded.strides
+    view = as_strided(padded, (nb, gb, ci, width, n_rows), st[:3] + (st[3], size * st[3]),
+                      writeable=False)
+    windows = free[:view.size].reshape(view.shape)
+    np.copyto(windows, view)  # runs of rows, which BLAS reads transposed
+    lhs = windows.reshape(nb, gb, 1, ci * width, n_rows).swapaxes(-1, -2)
+    res = free[view.size:view.size + nb * gb * rhs.shape[1] * n_rows * rhs.shape[3]]
+    res = res.reshape(nb, gb, rhs.shape[1], n_rows, rhs.shape[3])
+    np.matmul(lhs, rhs, out=res)
+    return res.reshape(nb, gb, rhs.shape[1], -1)
 
 
 def _gemm_store(at, wm, b, g: Geometry, ys, dims, spans, free) -> None:

@@ -275,13 +275,15 @@ def test_hybrid_is_right_on_stride_1(p: Problem, dtype, layout):
 @given(p=problems(max_channels=3), dtype=st.sampled_from([np.float64, np.float32, np.float16]),
        layout=st.sampled_from(["channels_first", "channels_last"]),
        budget=st.sampled_from([1, 4096, 8 * 2**20]), groups=st.integers(2, 5),
-       split=st.booleans())
-def test_windows_is_right_on_grouped_layers(p: Problem, dtype, layout, budget, groups, split):
+       split=st.booleans(), row_columns=st.sampled_from([1, 16, 256]))
+def test_windows_is_right_on_grouped_layers(p: Problem, dtype, layout, budget, groups, split,
+                                            row_columns):
     # The windows formulation (one GEMM per group over the blocks of the output, its
-    # window's zeros padded in; 1-D results written in place), on the drawn problem made
-    # grouped (depthwise when it has one input channel per group), in steps of samples,
-    # groups and block rows, its groups in one part or split between the cores: against
-    # the textbook loops and within the seam tolerance of scatter.
+    # window's zeros padded in; in 1-D over rows of L blocks, L from 1 up to 16 here),
+    # on the drawn problem made grouped (depthwise when it has one input channel per
+    # group), in steps of samples, groups and block rows, its groups in one part or split
+    # between the cores: against the textbook loops and within the seam tolerance of
+    # scatter.
     cin_g, cout_g = p.x.shape[1] // p.params["groups"], p.weight.shape[1]
     rng = np.random.default_rng(groups)
     x = rng.standard_normal(p.x.shape[:1] + (groups * cin_g,) + p.x.shape[2:])
@@ -294,7 +296,12 @@ def test_windows_is_right_on_grouped_layers(p: Problem, dtype, layout, budget, g
                              **p.params, layout=layout)
     assert not numpy_backend.applies(replace(g, groups=1), "windows", dtype)
     with patch.object(numpy_backend, "TEMP_BUDGET_BYTES", budget), \
-            patch.object(numpy_windows, "PARALLEL_MIN_OUTPUTS", 0 if split else 2**62):
+            patch.object(numpy_windows, "PARALLEL_MIN_OUTPUTS", 0 if split else 2**62), \
+            patch.object(numpy_windows, "ROW_COLUMNS", row_columns):
+        if g.rank == 1:
+            # rows of more than one block where one block has fewer columns than asked
+            assert (numpy_windows.row_blocks(g) > 1) == (
+                g.c_out_per_group * g.stride[0] < row_columns)
         assert (numpy_windows.parts(g) > 1) == (split and cpu_threads.blas_threads() > 1)
         itemsize = numpy_backend.compute_dtype(dtype).itemsize
         assert numpy_backend.applies(g, "windows", dtype) == (
