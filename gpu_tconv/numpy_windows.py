@@ -14,9 +14,13 @@ channels times the window (``C_in/G * Q``, read from one copy of the input laid 
 windows) and whose columns are the output channels times the phases (``C_out/G * S``).
 
 Its result is the output with its block and phase axes apart: no accumulator, no
-addition. In 1-D it is the output's own layout, ``(C_out/G, J, S)``, and the GEMMs write
-the output itself; in 2-D and 3-D the GEMM is computed as ``(C_out/G * S, J)`` and each
-phase copied into the output with runs as long as the blocks' rows. This suits layers
+addition. In 1-D it is the output's own layout, ``(C_out/G, J, S)``; there each output
+channel's GEMM takes rows of ``L`` blocks (:func:`row_blocks`; a row's window is
+``Q + L - 1`` inputs, its columns ``L*S`` phases), so that a GEMM of few columns
+(depthwise: ``S``) is made wider, and the result is copied into the output in one run
+per channel, the blocks cut by either end of it included. In 2-D and 3-D the GEMM is
+computed as ``(C_out/G * S, J)`` and each phase copied into the output with runs as
+long as the blocks' rows. This suits layers
 whose GEMMs are small and many (depthwise, grouped), where the other formulations'
 NumPy calls, additions and phase interleaving dominate. It multiplies the zeros of the
 padded window (``Q*S`` positions for ``prod(kernel)`` taps); its temporaries (the
