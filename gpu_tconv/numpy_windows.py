@@ -35,7 +35,7 @@ import math
 from dataclasses import replace
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided, sliding_window_view
+from numpy.lib.stride_tricks import sliding_window_view
 
 from . import cpu_threads
 from .geometry import Geometry
@@ -106,10 +106,10 @@ def row_weight(wm: np.ndarray, g: Geometry, blocks: int) -> np.ndarray:
     row reads window positions ``l .. l + Q - 1`` of the row's window."""
     gb, (ci, m, s), q = wm.shape[0], (g.c_in_per_group, g.c_out_per_group, g.stride[0]), \
         _dims(g)[0][1]
-    w5 = wm.reshape(gb, ci, q, m, s)
+    w5 = wm.reshape(gb, ci, q, m, s).transpose(0, 3, 1, 2, 4)  # (G, m, C_in/G, Q, S)
     full = np.zeros((gb, m, ci, q + blocks - 1, blocks, s), wm.dtype)
     for l in range(blocks):
-        full[:, :, :, l:l + q, l] = w5.transpose(0, 3, 1, 2, 4)
+        full[:, :, :, l:l + q, l] = w5
     return full.reshape(gb, m, ci * (q + blocks - 1), blocks * s)
 
 
@@ -263,10 +263,10 @@ def _windows(padded: np.ndarray, q: tuple[int, ...],
 def _step(xs, wm, w_rows, b, g: Geometry, ys, dims, spans, scratch) -> None:
     """The blocks ``spans`` of samples ``xs`` (n, G, C_in/G, *in) into ``ys`` (n, G,
     C_out/G, *out), ``wm``, ``w_rows`` and ``b`` those groups' weights and bias."""
-    q = tuple(q for _, q, _, _ in dims)
     if g.rank > 1:
         padded, free = _padded(xs, g, dims, spans, scratch)
-        at, free = _windows(padded, q, free)  # (n, G, C_in/G * Q, J)
+        # at: (n, G, C_in/G * Q, J)
+        at, free = _windows(padded, tuple(q for _, q, _, _ in dims), free)
         _gemm_store(at, wm, b, g, ys, dims, spans, free)
         return
     # 1-D: per output channel one GEMM over rows of L blocks each, whose result, (rows,
@@ -289,9 +289,8 @@ def _rows(padded, n_rows: int, size: int, rhs, free) -> np.ndarray:
     ``free``."""
     nb, gb, ci = padded.shape[:3]
     width = rhs.shape[2] // ci
-    st = padded.strides
-    view = as_strided(padded, (nb, gb, ci, width, n_rows), st[:3] + (st[3], size * st[3]),
-                      writeable=False)
+    # (n, G, C_in/G, width, rows): every size-th window of the padded input
+    view = sliding_window_view(padded, width, axis=3)[..., ::size, :].swapaxes(-1, -2)
     windows = free[:view.size].reshape(view.shape)
     np.copyto(windows, view)  # runs of rows, which BLAS reads transposed
     lhs = windows.reshape(nb, gb, 1, ci * width, n_rows).swapaxes(-1, -2)
