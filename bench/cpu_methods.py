@@ -143,9 +143,14 @@ TIE = 1.01
 
 
 def _rows(path: str) -> list[dict]:
-    """The timed rows of a file this script wrote."""
+    """The timed rows of a file this script wrote, each with ``"machine"``: its CPU and
+    the kernels its BLAS ran (an AVX2 and an AVX-512 AMD EPYC report the same CPU)."""
     data = json.load(open(path))
-    return data["rows"] if isinstance(data, dict) else data
+    if not isinstance(data, dict):
+        return data
+    kernels = [b.get("architecture") for b in data.get("blas", []) if b.get("user_api") == "blas"]
+    machine = f"{data.get('cpu')} / {kernels[0] if kernels else None}"
+    return [dict(r, machine=machine) for r in data["rows"]]
 
 
 def _search(grid: dict, rows: list[dict]) -> dict:
@@ -166,12 +171,14 @@ def _search(grid: dict, rows: list[dict]) -> dict:
 
 def fit(paths: list[str], grouped_only: bool = False) -> dict:
     """The grid's constants that lose least time on the rows not held out (see
-    :data:`TIE`); printed with how the rule fares on the held-out rows. With
+    :data:`TIE`), of every machine the files were timed on together; printed with how the
+    rule fares on the held-out rows, and on each machine's rows. With
     ``grouped_only``, :data:`GROUPED_GRID` alone, on the grouped rows (the others as
     they are)."""
-    # A layer timed in several files: the last file's row (a later run with more
-    # formulations, say, over the rows of an earlier one).
-    rows = list({r["name"]: r for path in paths for r in _rows(path)
+    # A layer timed in several files on one machine: the last file's row (a later run
+    # with more formulations, say, over the rows of an earlier one); on several machines,
+    # a row per machine, so that the rule is fitted to all of them at once.
+    rows = list({(r.get("machine"), r["name"]): r for path in paths for r in _rows(path)
                  if r["ms"].get("torch") and min(r["ms"].values()) < 1e6}.values())
     for r in rows:
         r["params"] = {k: tuple(v) if isinstance(v, list) else v for k, v in r["params"].items()}
@@ -182,7 +189,12 @@ def fit(paths: list[str], grouped_only: bool = False) -> dict:
     best = {} if grouped_only else _search(GRID, fitted)
     best.update(_search(GROUPED_GRID, [r for r in fitted if r["params"].get("groups", 1) > 1]))
     report = {"constants": best, "fitted": _losses(fitted), "held_out": _losses(held),
-              "rows_fitted": len(fitted), "rows_held_out": len(held)}
+              "rows_fitted": len(fitted), "rows_held_out": len(held),
+              "per_machine": {str(m): {name: _losses(part) for name, part in
+                                       (("fitted", [r for r in fitted if r.get("machine") == m]),
+                                        ("held_out", [r for r in held if r.get("machine") == m]))
+                                       if part}
+                              for m in sorted({r.get("machine") for r in rows}, key=str)}}
     print(json.dumps(report, indent=1))
     return report
 
