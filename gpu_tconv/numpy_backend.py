@@ -289,7 +289,9 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
       phase's result once, in place (``C_out P F`` for ``P`` phases);
     - ``hybrid`` (stride 1) is gather whose columns span the input, not the frame,
       along every dimension but the last (:mod:`gpu_tconv.numpy_hybrid`), and which
-      initializes the output and copies it out (``3 C_out O``);
+      initializes the output and, for float16 or channels-last outputs, copies it out of
+      an accumulator (``3 C_out O`` either way: counting one pass where it adds in place
+      picked it on three stride-1 layers where gather was 5 to 10% faster);
     - ``col2im`` multiplies over the input pixels only (``I``, not ``F``: what decides
       small images with large kernels or strides), copies the input once (``2 C_in I``)
       and adds each tap's block into the output, or copies it there where taps never

@@ -48,11 +48,18 @@ def columns(g: Geometry) -> int:
     return math.prod(g.in_size[:-1]) * g.out_size[-1]
 
 
-def per_sample(g: Geometry) -> int:
-    """Elements of temporaries per sample: the shifted copies, the GEMM's result and the
-    output's accumulator."""
+def per_sample(g: Geometry, direct: bool = False) -> int:
+    """Elements of temporaries per sample: the shifted copies, the GEMM's result and,
+    unless the output is accumulated in place (``direct``), the output's accumulator."""
     return (columns(g) * (g.c_in * g.kernel[-1] + g.c_out * math.prod(g.kernel[:-1]))
-            + g.c_out * math.prod(g.out_size))
+            + (0 if direct else g.c_out * math.prod(g.out_size)))
+
+
+def accumulates_in_place(y: np.ndarray, compute_dtype: np.dtype) -> bool:
+    """Whether the blocks are added into ``y`` itself: it holds the compute type and is
+    contiguous (a channels-last view, whose rows are not, and a float16 output, rounded
+    once from the sums, get an accumulator)."""
+    return y.dtype == compute_dtype and y.flags.c_contiguous
 
 
 def applies(g: Geometry, compute_dtype: np.dtype, budget: int) -> bool:
@@ -73,7 +80,8 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
     groups, cin_g, cout_g, rank = g.groups, g.c_in_per_group, g.c_out_per_group, g.rank
     compute_dtype, taps_last = w.dtype, g.kernel[-1]
     outer, cols_per_sample = math.prod(g.kernel[:-1]), columns(g)
-    chunk = min(g.batch, max(1, budget // compute_dtype.itemsize // per_sample(g)))
+    direct = accumulates_in_place(y, compute_dtype)
+    chunk = min(g.batch, max(1, budget // compute_dtype.itemsize // per_sample(g, direct)))
     # Rows (other taps, C_out/G), inner dimension (last tap, C_in/G): one transposing
     # copy of the weight.
     lhs = np.ascontiguousarray(
@@ -81,7 +89,8 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         .transpose((0,) + tuple(range(3, 2 + rank)) + (2, 2 + rank, 1))
     ).reshape(groups, outer * cout_g, taps_last * cin_g)
     row_shape = g.in_size[:-1] + (g.out_size[-1],)
-    scratch = _scratch(per_sample(g) * chunk * compute_dtype.itemsize).view(compute_dtype)
+    scratch = _scratch(per_sample(g, direct) * chunk * compute_dtype.itemsize).view(
+        compute_dtype)
     found = blocks(g)
     w_in, w_out = g.in_size[-1], g.out_size[-1]
     axes = (1, 2, 0) + tuple(range(3, 3 + rank))  # (nb, G, C, ...) -> (G, C, nb, ...)
@@ -91,8 +100,11 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         sizes = (taps_last * g.c_in * width, outer * g.c_out * width)
         copies = scratch[:sizes[0]].reshape((groups, taps_last, cin_g, nb) + row_shape)
         cols = scratch[sizes[0]:sum(sizes)].reshape(groups, outer * cout_g, width)
-        acc = scratch[sum(sizes):sum(sizes) + g.c_out * nb * math.prod(g.out_size)].reshape(
-            (groups, cout_g, nb) + g.out_size)
+        # (G, C_out/G, nb, *out): a view of y, or scratch copied into y at the end
+        acc = y[n0:n0 + nb].reshape((nb, groups, cout_g) + g.out_size).transpose(axes) \
+            if direct else \
+            scratch[sum(sizes):sum(sizes) + g.c_out * nb * math.prod(g.out_size)].reshape(
+                (groups, cout_g, nb) + g.out_size)
         src = x[n0:n0 + nb].reshape((nb, groups, cin_g) + g.in_size).transpose(axes)
         for t in range(taps_last):
             q = t * g.dilation[-1] - g.padding[-1]  # output minus input index (stride 1)
@@ -114,6 +126,6 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
         for j, slices in enumerate(found):
             if slices is not None:
                 acc[lead + slices[1]] += blocks_view[(slice(None), j) + lead[1:] + slices[0]]
-        # (C_out, nb, *out) -> (nb, C_out, *out); rounds to float16 here
-        np.copyto(y[n0:n0 + nb], acc.reshape((g.c_out, nb) + g.out_size).swapaxes(0, 1),
-                  casting="unsafe")
+        if not direct:  # (C_out, nb, *out) -> (nb, C_out, *out); rounds to float16 here
+            np.copyto(y[n0:n0 + nb], acc.reshape((g.c_out, nb) + g.out_size).swapaxes(0, 1),
+                      casting="unsafe")
