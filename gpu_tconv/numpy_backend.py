@@ -844,15 +844,15 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
                 shift(copies[:, j], x_cols, q, nb)
         accs = [acc_buf[p * g.c_out * width:(p + 1) * g.c_out * width].reshape(
             groups, cout_g, width) for p in range(len(phases))]
-        for p, plan in enumerate(plans):
-            if not plan.blocks:  # no tap writes to this phase: only the bias does
-                accs[p].fill(0)
         for k in range(len(gemms)):
             gemm(k, nb, x_cols, copies, accs)
         if bias is not None:
-            for acc in accs:
-                acc += bias_cols
-        _write(y[n0:n0 + nb], [acc[:, :, :used] for acc in accs], phases, g, frame)
+            for acc, plan in zip(accs, plans):
+                if plan.blocks:
+                    acc += bias_cols
+        # A phase no tap writes to is only the bias: written as that (see _write).
+        _write(y[n0:n0 + nb], [acc[:, :, :used] if plan.blocks else None
+                               for acc, plan in zip(accs, plans)], phases, g, frame, bias)
 
 
 def _sum_first_two(acc: np.ndarray, blocks: list[tuple[np.ndarray, int]]) -> None:
@@ -925,24 +925,32 @@ def release_scratch() -> None:
 WRITE_BLOCK_BYTES = 2**20
 
 
-def _write(y: np.ndarray, accs: list[np.ndarray], phases: tuple[_Phase, ...], g: Geometry,
-           frame: tuple[int, ...]) -> None:
+def _write(y: np.ndarray, accs: list[np.ndarray | None], phases: tuple[_Phase, ...],
+           g: Geometry, frame: tuple[int, ...], bias: np.ndarray | None) -> None:
     """Write every phase's accumulator (G, C_out/G, nb*frame) into ``y`` (nb, C_out,
     *out), a block of samples and channels at a time; rounds to float16 here when ``y``
-    is float16."""
+    is float16. A phase whose accumulator is None, which no tap writes to, is written
+    as the bias (or zero) itself, with no accumulator to fill and read back (stride 2
+    with dilation 2: every tap in one phase, the other half of the output the bias)."""
     nb, c_out = y.shape[:2]
     per_block = max(1, WRITE_BLOCK_BYTES // (math.prod(g.out_size) * y.itemsize))
     samples, channels = max(1, per_block // c_out), min(c_out, per_block)
-    lattices = [acc.reshape((c_out, nb) + frame)[(slice(None),) * 2
+    lattices = [None if acc is None else
+                acc.reshape((c_out, nb) + frame)[(slice(None),) * 2
                                                  + tuple(slice(0, n) for n in ph.size)]
                 for acc, ph in zip(accs, phases)]
     strided = [tuple(slice(f, None, s) for f, s in zip(ph.first, g.stride)) for ph in phases]
+    # (the bias rounded as the accumulators' sums are: to the compute type, then y's)
+    constant = 0 if bias is None else \
+        bias.astype(compute_dtype(y.dtype)).reshape((c_out,) + (1,) * g.rank)
     for n0 in range(0, nb, samples):
         for c0 in range(0, c_out, channels):
             block = (slice(n0, n0 + samples), slice(c0, c0 + channels))
             for lattice, where in zip(lattices, strided):
-                # (C_out, nb, ...) to (nb, C_out, ...)
-                y[block + where] = lattice[block[::-1]].swapaxes(0, 1)
+                if lattice is None:
+                    y[block + where] = constant if bias is None else constant[block[1]]
+                else:  # (C_out, nb, ...) to (nb, C_out, ...)
+                    y[block + where] = lattice[block[::-1]].swapaxes(0, 1)
 
 
 #: The formulations :func:`conv_transpose` can run (see :func:`choose_method`).

@@ -84,16 +84,16 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
                   .transpose((1, 2, 0) + tuple(range(3, 3 + rank))))
         accs = [acc_buf[p * g.c_out * width:(p + 1) * g.c_out * width].reshape(
             groups, cout_g, width) for p in range(len(phases))]
-        for ph, acc in zip(phases, accs):
+        for p, ph in enumerate(phases):
             combos = [c for c in itertools.product(*ph.taps)
                       if all(t.reach is not None for t in c)]
-            if not combos:  # no tap writes to this phase: only the bias does
-                acc.fill(0)
-            else:
-                _phase(x_cols, w, ph, combos, acc, copies_buf, frame, steps, nb)
+            if not combos:  # no tap writes to this phase: _write writes the bias there
+                accs[p] = None
+                continue
+            _phase(x_cols, w, ph, combos, accs[p], copies_buf, frame, steps, nb)
             if bias_cols is not None:
-                acc += bias_cols
-        _write(y[n0:n0 + nb], accs, phases, g, frame)
+                accs[p] += bias_cols
+        _write(y[n0:n0 + nb], accs, phases, g, frame, bias)
 
 
 def _phase(x_cols, w, ph, combos, acc, copies_buf, frame, steps, nb) -> None:
