@@ -349,3 +349,27 @@ def test_the_memoized_choice_follows_the_model_constants():
         changed = min(costs, key=costs.get)
     assert changed != first  # the patch moved the choice, so the memo was tested
     assert numpy_backend.choose_method(g, np.float32) == first
+
+
+@pytest.mark.parametrize("method", ["scatter", "gather", "stacked"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_phases_no_tap_reaches_are_the_bias(method, dtype, rank):
+    # Stride 2 with dilation 2 puts every tap in one phase along each dimension: the
+    # other phases are written as the bias itself, with no accumulator (which would
+    # hold stale scratch memory: it is filled with NaN here first).
+    rng = np.random.default_rng(rank)
+    p = Problem(rng.standard_normal((2, 3) + (5, 4, 3)[:rank]),
+                rng.standard_normal((3, 4) + (3,) * rank), rng.standard_normal(4),
+                dict(stride=2, dilation=2, padding=1)).astype(dtype)
+    g = geometry_from_shapes(p.x.shape, p.weight.shape, p.bias.shape, **p.params)
+    assert any(not plan.blocks for plan in numpy_backend._plans(g, method))
+    numpy_backend.release_scratch()
+    numpy_backend._scratch(2**22).view(np.float32).fill(np.nan)
+    y = numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method=method)
+    assert y.dtype == dtype
+    assert_close(y, conv_transpose_reference(p.x, p.weight, p.bias, **p.params), p, dtype)
+    unreached = y[(slice(None), slice(None)) + (slice(0, None, 2),) * rank]
+    np.testing.assert_array_equal(unreached, np.broadcast_to(
+        p.bias.astype(numpy_backend.compute_dtype(dtype)).astype(dtype)
+        .reshape((-1,) + (1,) * rank), unreached.shape))
