@@ -188,13 +188,14 @@ def fit(paths: list[str], grouped_only: bool = False) -> dict:
     held = [r for r in rows if r["held_out"]]
     best = {} if grouped_only else _search(GRID, fitted)
     best.update(_search(GROUPED_GRID, [r for r in fitted if r["params"].get("groups", 1) > 1]))
+    per_machine = {}
+    for m in sorted({r.get("machine") for r in rows}, key=str):
+        parts = {"fitted": [r for r in fitted if r.get("machine") == m],
+                 "held_out": [r for r in held if r.get("machine") == m]}
+        per_machine[str(m)] = {name: _losses(part) for name, part in parts.items() if part}
     report = {"constants": best, "fitted": _losses(fitted), "held_out": _losses(held),
               "rows_fitted": len(fitted), "rows_held_out": len(held),
-              "per_machine": {str(m): {name: _losses(part) for name, part in
-                                       (("fitted", [r for r in fitted if r.get("machine") == m]),
-                                        ("held_out", [r for r in held if r.get("machine") == m]))
-                                       if part}
-                              for m in sorted({r.get("machine") for r in rows}, key=str)}}
+              "per_machine": per_machine}
     print(json.dumps(report, indent=1))
     return report
 

@@ -842,17 +842,17 @@ def _compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
                           + (slice(0, g.in_size[-1]),), nb)
             else:
                 shift(copies[:, j], x_cols, q, nb)
+        # A phase no tap writes to has no accumulator: _write writes the bias there.
         accs = [acc_buf[p * g.c_out * width:(p + 1) * g.c_out * width].reshape(
-            groups, cout_g, width) for p in range(len(phases))]
+            groups, cout_g, width) if plan.blocks else None for p, plan in enumerate(plans)]
         for k in range(len(gemms)):
             gemm(k, nb, x_cols, copies, accs)
         if bias is not None:
-            for acc, plan in zip(accs, plans):
-                if plan.blocks:
+            for acc in accs:
+                if acc is not None:
                     acc += bias_cols
-        # A phase no tap writes to is only the bias: written as that (see _write).
-        _write(y[n0:n0 + nb], [acc[:, :, :used] if plan.blocks else None
-                               for acc, plan in zip(accs, plans)], phases, g, frame, bias)
+        _write(y[n0:n0 + nb], [None if acc is None else acc[:, :, :used] for acc in accs],
+               phases, g, frame, bias)
 
 
 def _sum_first_two(acc: np.ndarray, blocks: list[tuple[np.ndarray, int]]) -> None:
