@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from gpu_tconv import cpu_threads, numpy_backend, numpy_col2im, numpy_windows
+from gpu_tconv import cpu_threads, numpy_backend, numpy_col2im, numpy_hybrid, numpy_windows
 from gpu_tconv.geometry import geometry_from_shapes
 from gpu_tconv.reference import conv_transpose_reference
 from oracles import Problem, assert_close, assert_within_seam_tolerance, problems
@@ -244,11 +244,12 @@ def test_col2im_cl_tap_by_tap_is_right(p: Problem, block, dtype, layout):
 
 @given(p=problems(ranks=(2, 3), max_channels=8), dtype=st.sampled_from([np.float64, np.float32,
                                                                         np.float16]),
-       layout=st.sampled_from(["channels_first", "channels_last"]))
-def test_hybrid_is_right_on_stride_1(p: Problem, dtype, layout):
+       layout=st.sampled_from(["channels_first", "channels_last"]),
+       result_per_weight=st.sampled_from([0, 10**9]))
+def test_hybrid_is_right_on_stride_1(p: Problem, dtype, layout, result_per_weight):
     # The hybrid (gather along the last dimension, col2im along the others) computes
     # stride 1 only: the drawn problem with stride 1, against the textbook loops and
-    # within the seam tolerance of gather.
+    # within the seam tolerance of gather; with its weight's rows in either order.
     params = dict(p.params, stride=1, output_padding=0)
     last = layout == "channels_last"
     x = np.ascontiguousarray(np.moveaxis(p.x, 1, -1)) if last else p.x
@@ -262,7 +263,8 @@ def test_hybrid_is_right_on_stride_1(p: Problem, dtype, layout):
     x = x.astype(dtype)
     assert numpy_backend.applies(g, "hybrid", dtype)
     assert not numpy_backend.applies(replace(g, stride=(2,) + g.stride[1:]), "hybrid", dtype)
-    y = numpy_backend.conv_transpose(x, p.weight, p.bias, g, method="hybrid")
+    with patch.object(numpy_hybrid, "RESULT_PER_WEIGHT", result_per_weight):
+        y = numpy_backend.conv_transpose(x, p.weight, p.bias, g, method="hybrid")
     gather = numpy_backend.conv_transpose(x, p.weight, p.bias, g, method="gather")
     if last:
         y, gather = np.moveaxis(y, -1, 1), np.moveaxis(gather, -1, 1)
