@@ -79,7 +79,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import cpu_threads, numpy_col2im, numpy_hybrid, numpy_stacked, numpy_windows
+from . import (cpu_threads, numpy_col2im, numpy_hybrid, numpy_stacked, numpy_sublattice,
+               numpy_windows)
 from .formats import is_bfloat16
 from .geometry import Geometry
 
@@ -413,6 +414,7 @@ def method_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
     that of its boxes, modelled as their number times the cost of a typical one
     (a 7x7x7 kernel with dilation 3 on a 13x11x7 volume: 32 boxes to 1344, from 10 to 80
     times col2im's time)."""
+    g = _reduced(g)
     costs = _untiled_costs(g, dtype)
     parts = _parts(g)
     part = replace(g, batch=-(-g.batch // parts))
@@ -433,6 +435,7 @@ def choose_method(g: Geometry, dtype=np.float32) -> str:
     smallest layers, which a network calls with the same shapes again and again. The
     key holds everything the model reads besides the geometry: the modules' constants
     (which the fit and the tests set) and BLAS's thread count."""
+    g = _reduced(g)
     return _choice(g, np.dtype(dtype), tuple(getattr(module, name) for module, name
                                              in _MODEL_CONSTANTS), cpu_threads.blas_threads())
 
@@ -451,7 +454,27 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     cannot compute the layer, see :func:`applies`); by default :func:`choose_method`
     picks.
     """
-    g = geometry
+    y = np.empty(geometry.out_shape, x.dtype)
+    _into(x, weight, bias, geometry, method, y)
+    return y
+
+
+def _into(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: Geometry,
+          method: str | None, y: np.ndarray) -> None:
+    """:func:`conv_transpose` into ``y`` (``g.out_shape``, possibly a strided view)."""
+    lattice = numpy_sublattice.reduce(g)
+    if lattice is not None:
+        g2, keep = lattice
+        # Outputs off the sublattice are reached by no tap: the bias, as everywhere.
+        if bias is None:
+            y[...] = 0
+        else:
+            y[...] = bias if g.channels_last else bias.reshape((g.c_out,) + (1,) * g.rank)
+        spatial = (slice(None),) + keep + (slice(None),) if g.channels_last \
+            else (slice(None), slice(None)) + keep
+        if math.prod(g2.out_size):
+            _into(x, weight, bias, g2, method, y[spatial])
+        return
     if method is None:
         method = choose_method(g, x.dtype)
         # The gather formulations multiply the zeros around the input by the weights,
@@ -460,7 +483,6 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
         if method in ("gather", "stacked", "hybrid", "windows") and not np.isfinite(weight).all() \
                 or method == "windows" and not np.isfinite(x).all():
             method = "scatter"
-    y = np.empty(g.out_shape, x.dtype)
     if g.channels_last:
         # Channels-first views of x and y: the computation copies its input a chunk at a
         # time anyway and writes the output through strided views, so no transposed copy
@@ -518,7 +540,6 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                              y_view[where], budget)
 
     cpu_threads.run_pieces([functools.partial(part, k) for k in range(parts)], parts)
-    return y
 
 
 def compute_dtype(dtype) -> np.dtype:
@@ -953,6 +974,13 @@ def _write(y: np.ndarray, accs: list[np.ndarray | None], phases: tuple[_Phase, .
                     y[block + where] = lattice[block[::-1]].swapaxes(0, 1)
 
 
+def _reduced(g: Geometry) -> Geometry:
+    """The layer the formulations compute for ``g``: its sublattice's where stride and
+    dilation share a factor (see :mod:`gpu_tconv.numpy_sublattice`)."""
+    lattice = numpy_sublattice.reduce(g)
+    return g if lattice is None else lattice[0]
+
+
 #: The formulations :func:`conv_transpose` can run (see :func:`choose_method`).
 METHODS = ("scatter", "gather", "stacked", "col2im", "col2im_cl", "hybrid", "windows")
 
@@ -960,6 +988,7 @@ METHODS = ("scatter", "gather", "stacked", "col2im", "col2im_cl", "hybrid", "win
 def applies(g: Geometry, method: str, dtype=np.float32) -> bool:
     """Whether ``method`` can compute ``g`` on ``dtype`` arrays (scatter and gather can
     compute any layer; see :func:`gpu_tconv.numpy_col2im.applies`)."""
+    g = _reduced(g)
     budget = TEMP_BUDGET_BYTES // _parts(g, method)
     if method == "col2im":
         return numpy_col2im.applies(g, np.dtype(dtype), compute_dtype(dtype), budget)

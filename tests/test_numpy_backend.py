@@ -1,6 +1,7 @@
 """The NumPy fallback: every formulation right, at every chunking, within its memory budget;
 the same bits run after run, and chunks and boxes within the seam tolerance of the whole."""
 
+import math
 import threading
 import tracemalloc
 from dataclasses import replace
@@ -11,7 +12,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from gpu_tconv import cpu_threads, numpy_backend, numpy_col2im, numpy_hybrid, numpy_windows
+from gpu_tconv import (cpu_threads, numpy_backend, numpy_col2im, numpy_hybrid, numpy_sublattice,
+                       numpy_windows)
 from gpu_tconv.geometry import geometry_from_shapes
 from gpu_tconv.reference import conv_transpose_reference
 from oracles import Problem, assert_close, assert_within_seam_tolerance, problems
@@ -262,7 +264,9 @@ def test_hybrid_is_right_on_stride_1(p: Problem, dtype, layout, result_per_weigh
     p = Problem(p.x, p.weight, p.bias, params).astype(dtype)
     x = x.astype(dtype)
     assert numpy_backend.applies(g, "hybrid", dtype)
-    assert not numpy_backend.applies(replace(g, stride=(2,) + g.stride[1:]), "hybrid", dtype)
+    strided = replace(g, stride=(2,) + g.stride[1:])
+    if numpy_sublattice.reduce(strided) is None:  # else its sublattice's stride is 1
+        assert not numpy_backend.applies(strided, "hybrid", dtype)
     with patch.object(numpy_hybrid, "RESULT_PER_WEIGHT", result_per_weight):
         y = numpy_backend.conv_transpose(x, p.weight, p.bias, g, method="hybrid")
     gather = numpy_backend.conv_transpose(x, p.weight, p.bias, g, method="gather")
@@ -341,7 +345,7 @@ def test_windows_is_chosen_for_depthwise_1d_and_keeps_infinities_where_they_reac
 def test_the_memoized_choice_follows_the_model_constants():
     # choose_method is memoized; its key holds the cost model's constants, so that a
     # refit (or a test) that sets one is followed, never answered from a stale memo.
-    g = geometry_from_shapes((4, 242, 152), (242, 4, 2), stride=3, padding=1, dilation=3)
+    g = geometry_from_shapes((4, 242, 152), (242, 4, 2), stride=3, padding=1, dilation=2)
     costs = numpy_backend.method_costs(g, np.float32)
     first = numpy_backend.choose_method(g, np.float32)
     assert first == min(costs, key=costs.get)
@@ -357,13 +361,13 @@ def test_the_memoized_choice_follows_the_model_constants():
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 @pytest.mark.parametrize("rank", [1, 2, 3])
 def test_phases_no_tap_reaches_are_the_bias(method, dtype, rank):
-    # Stride 2 with dilation 2 puts every tap in one phase along each dimension: the
-    # other phases are written as the bias itself, with no accumulator (which would
-    # hold stale scratch memory: it is filled with NaN here first).
+    # Stride 3 with two taps leaves one phase of three along each dimension to no tap:
+    # it is written as the bias itself, with no accumulator (which would hold stale
+    # scratch memory: it is filled with NaN here first).
     rng = np.random.default_rng(rank)
     p = Problem(rng.standard_normal((2, 3) + (5, 4, 3)[:rank]),
-                rng.standard_normal((3, 4) + (3,) * rank), rng.standard_normal(4),
-                dict(stride=2, dilation=2, padding=1)).astype(dtype)
+                rng.standard_normal((3, 4) + (2,) * rank), rng.standard_normal(4),
+                dict(stride=3, padding=1)).astype(dtype)
     g = geometry_from_shapes(p.x.shape, p.weight.shape, p.bias.shape, **p.params)
     assert any(not plan.blocks for plan in numpy_backend._plans(g, method))
     numpy_backend.release_scratch()
@@ -371,7 +375,7 @@ def test_phases_no_tap_reaches_are_the_bias(method, dtype, rank):
     y = numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method=method)
     assert y.dtype == dtype
     assert_close(y, conv_transpose_reference(p.x, p.weight, p.bias, **p.params), p, dtype)
-    unreached = y[(slice(None), slice(None)) + (slice(0, None, 2),) * rank]
+    unreached = y[(slice(None), slice(None)) + (slice(1, None, 3),) * rank]
     np.testing.assert_array_equal(unreached, np.broadcast_to(
         p.bias.astype(numpy_backend.compute_dtype(dtype)).astype(dtype)
         .reshape((-1,) + (1,) * rank), unreached.shape))
@@ -396,3 +400,37 @@ def test_col2im_in_blocks_of_samples_is_the_same(p: Problem, dtype):
         y = numpy_backend.conv_transpose(p.x, p.weight, p.bias, g, method="col2im")
     np.testing.assert_array_equal(y, whole)
     assert_close(y, conv_transpose_reference(p.x, p.weight, p.bias, **p.params), p, dtype)
+
+
+@given(p=problems(max_channels=4), method=st.sampled_from(numpy_backend.METHODS),
+       layout=st.sampled_from(["channels_first", "channels_last"]),
+       dtype=st.sampled_from([np.float64, np.float32]))
+def test_layers_whose_stride_and_dilation_share_a_factor_are_right(p: Problem, method, layout,
+                                                                   dtype):
+    # Where gcd(stride, dilation) = c > 1 (or one tap and stride > 1), only every c-th
+    # output is reached: the formulations compute the smaller layer on that sublattice,
+    # and every other output must be the bias itself (or zero).
+    kernel, stride, dilation = (p.weight.shape[2:], *(
+        np.broadcast_to(p.params[key], (p.x.ndim - 2,)) for key in ("stride", "dilation")))
+    factors = [s if k == 1 else math.gcd(int(s), int(d))
+               for k, s, d in zip(kernel, stride, dilation)]
+    assume(max(factors) > 1)
+    p = p.astype(dtype)
+    last = layout == "channels_last"
+    x = np.ascontiguousarray(np.moveaxis(p.x, 1, -1)) if last else p.x
+    g = geometry_from_shapes(x.shape, p.weight.shape, None if p.bias is None else p.bias.shape,
+                             **p.params, layout=layout)
+    g2, keep = numpy_sublattice.reduce(g)
+    assert all(k == 1 and s == 1 or math.gcd(s, d) == 1
+               for k, s, d in zip(g2.kernel, g2.stride, g2.dilation))
+    if not numpy_backend.applies(g, method, dtype):
+        return
+    y = numpy_backend.conv_transpose(x, p.weight, p.bias, g, method=method)
+    y = np.moveaxis(y, -1, 1) if last else y
+    expected = conv_transpose_reference(p.x, p.weight, p.bias, **p.params)
+    assert_close(y, expected, p, dtype)
+    off = np.ones(y.shape, bool)
+    off[(slice(None), slice(None)) + keep] = False
+    bias = np.zeros(g.c_out, dtype) if p.bias is None else p.bias
+    np.testing.assert_array_equal(y[off], np.broadcast_to(
+        bias.reshape((-1,) + (1,) * g.rank), y.shape)[off])
