@@ -26,6 +26,7 @@ from threadpoolctl import ThreadpoolController
 
 _LOCK = threading.Lock()
 _controller: ThreadpoolController | None = None
+_blas: list = []       # its BLAS libraries
 _busy = False          # a call is running pieces (and holds BLAS's thread count down)
 _pool: ThreadPoolExecutor | None = None
 
@@ -43,11 +44,13 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 def blas_threads() -> int:
     """Threads BLAS uses now: the cores this process computes on (1 while a call runs
     pieces, which makes overlapping calls run theirs in order)."""
-    global _controller
+    global _controller, _blas
     with _LOCK:
         if _controller is None:  # scanning the loaded libraries takes milliseconds: once
             _controller = ThreadpoolController()
-        counts = [lib.num_threads for lib in _controller.select(user_api="blas").lib_controllers]
+            # (selecting them again costs microseconds on every call of the backend)
+            _blas = _controller.select(user_api="blas").lib_controllers
+        counts = [lib.num_threads for lib in _blas]
     return max(counts) if counts else os.cpu_count() or 1
 
 

@@ -71,6 +71,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import operator
 import os
 import sys
 import threading
@@ -436,8 +437,8 @@ def choose_method(g: Geometry, dtype=np.float32) -> str:
     key holds everything the model reads besides the geometry: the modules' constants
     (which the fit and the tests set) and BLAS's thread count."""
     g = _reduced(g)
-    return _choice(g, np.dtype(dtype), tuple(getattr(module, name) for module, name
-                                             in _MODEL_CONSTANTS), cpu_threads.blas_threads())
+    return _choice(g, np.dtype(dtype), tuple(read(module) for module, read in _MODEL_CONSTANTS),
+                   cpu_threads.blas_threads())
 
 
 @functools.lru_cache(maxsize=1024)
@@ -1001,10 +1002,14 @@ def applies(g: Geometry, method: str, dtype=np.float32) -> bool:
     return method in METHODS
 
 
-#: The numeric module constants the cost model reads, (module, name): the key of
-#: :func:`choose_method`'s memo.
+#: The numeric module constants the cost model reads, per module a getter of them all:
+#: the key of :func:`choose_method`'s memo (one getter per module, not one getattr per
+#: constant, because the key is built on every call).
 _MODEL_CONSTANTS = tuple(
-    (module, name) for module in (sys.modules[__name__], numpy_col2im, numpy_hybrid,
-                                  numpy_stacked, numpy_windows)
-    for name, value in sorted(vars(module).items())
-    if name.isupper() and isinstance(value, (int, float)) and not isinstance(value, bool))
+    (module, operator.attrgetter(*names)) for module, names in (
+        (module, [name for name, value in sorted(vars(module).items())
+                  if name.isupper() and isinstance(value, (int, float))
+                  and not isinstance(value, bool)])
+        for module in (sys.modules[__name__], numpy_col2im, numpy_hybrid, numpy_stacked,
+                       numpy_windows))
+    if names)

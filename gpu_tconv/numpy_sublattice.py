@@ -16,16 +16,18 @@ that all hold taps, and neither multiply nor write the unreached ones.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 
 from .geometry import Geometry
 
 
+@functools.lru_cache(maxsize=1024)
 def reduce(g: Geometry) -> tuple[Geometry, tuple[slice, ...]] | None:
     """``(g', keep)``: the layer on the reached outputs and, per spatial dimension, the
     slice of the output they are; None where every output may be reached (``c == 1``
-    along every dimension)."""
+    along every dimension). Cached: every call of the backend asks."""
     factors = tuple(s if k == 1 else math.gcd(s, d)
                     for k, s, d in zip(g.kernel, g.stride, g.dilation))
     if all(c == 1 for c in factors):
