@@ -70,6 +70,10 @@ def applies(g: Geometry, compute_dtype: np.dtype, budget: int) -> bool:
         per_sample(g) * compute_dtype.itemsize <= budget
 
 
+#: Rows of the shifted copies up to this long are zeroed whole, not at their ends.
+FILL_ROW_MAX = 32
+
+
 #: The weight is copied in the order that copies fastest where its elements, times
 #: this, exceed the GEMM result's (see :func:`_rows`): the slower copy costs about this
 #: many result elements' worth of the additions' slowdown per weight element.
@@ -137,8 +141,14 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             if reach is None:  # the tap moves every input out of the output
                 dst[...] = 0
                 continue
-            dst[..., :reach.start] = 0
-            dst[..., reach.stop:] = 0
+            if reach.stop - reach.start < w_out:
+                # Zeroing the ends writes a run of one or two elements per row: on short
+                # rows one contiguous fill of the whole copy costs less.
+                if w_out <= FILL_ROW_MAX:
+                    dst[...] = 0
+                else:
+                    dst[..., :reach.start] = 0
+                    dst[..., reach.stop:] = 0
             dst[..., reach] = src[..., reach.start - q:reach.stop - q]
         if cin_g * taps_last == 1:  # an outer product: no GEMM per group
             np.multiply(lhs, copies.reshape(groups, 1, width), out=cols)
