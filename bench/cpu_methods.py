@@ -110,7 +110,8 @@ def interleaved_times(fns: dict, seconds: float) -> dict:
 #: The constants of numpy_backend's cost model, and the values tried for each.
 GRID = {"FLOPS_PER_PASS": [30, 50, 70, 100], "GATHER_GEMM_PENALTY": [0.0, 0.15, 0.3],
         "COL2IM_STRIDED_PENALTY": [1.0, 2.0, 3.0, 4.0, 5.0], "PASSES_PER_CALL": [5e3, 2e4, 6e4],
-        "PASSES_PER_RUN": [3, 10, 30], "TRANSPOSE_PASSES": [2, 3, 5],
+        "PASSES_PER_RUN": [3, 10, 30], "COL2IM_PASSES_PER_RUN": [3, 10, 30],
+        "TRANSPOSE_PASSES": [2, 3, 5],
         "STRIDED_READ_PASSES": [0.5, 1], "COL2IM_CL_ADD_PENALTY": [0.5, 0.75, 1.0, 1.5]}
 
 

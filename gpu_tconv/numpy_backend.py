@@ -268,6 +268,16 @@ BLAS_CALL_PASSES = 10000
 PASSES_PER_RUN = 3
 
 
+#: What one contiguous run of col2im's and col2im_cl's additions costs beyond its
+#: elements, in passes: their runs are an input row or a group's channels, strided in
+#: the output, often a few elements long (sweep 02: rows of 3, 2 channels per group,
+#: 2.2 to 2.4 times the best formulation's time at the phase writes' 3). Fitted on the
+#: stored call-by-call rows of three machines with the other constants as they are:
+#: from 8 to 15 the rule loses 6.7% against the best per layer, at worst 2.05x, against
+#: 7.3% and 2.42x at 3; the held-out rows are unchanged.
+COL2IM_PASSES_PER_RUN = 10
+
+
 def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
     """The modelled time of every formulation that can compute ``g`` whole (no output
     boxes: see :func:`method_costs`), in element passes
@@ -317,9 +327,10 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
       ``Q + L - 1`` positions.
 
     Beyond the first group, each group's GEMM costs the other formulations one more BLAS
-    call. Strided copies and additions pay :data:`PASSES_PER_RUN` per contiguous run: the
-    phases' writes into the output (runs of one output row's phase) and col2im's
-    blocks (runs of one input row).
+    call. Strided copies and additions pay per contiguous run: the phases' writes into
+    the output (runs of one output row's phase) :data:`PASSES_PER_RUN`, col2im's blocks
+    (runs of one input row) and col2im_cl's (of one group's channels)
+    :data:`COL2IM_PASSES_PER_RUN`.
     """
     frame, inputs = g.batch * math.prod(_frame(g)), g.batch * math.prod(g.in_size)
     outputs, taps = g.batch * math.prod(g.out_size), math.prod(g.kernel)
@@ -377,7 +388,7 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
         costs["col2im"] = (
             inputs * (2 * g.c_in + gemm
                       + (2 if disjoint else 3) * g.c_out * taps * COL2IM_STRIDED_PENALTY)
-            + PASSES_PER_RUN * rows * (g.c_in + g.c_out * taps)
+            + COL2IM_PASSES_PER_RUN * rows * (g.c_in + g.c_out * taps)
             + (g.c_out * outputs if not disjoint or not numpy_col2im.covers(g) else 0)
             + PASSES_PER_CALL * 2 * taps) * (
                 COL2IM_PARALLEL_TIME if _parts(g, "col2im") > 1 else 1)
@@ -390,7 +401,7 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
             + (2 if disjoint else 3) * COL2IM_CL_ADD_PENALTY * added
             + (TRANSPOSE_PASSES * g.c_in_per_group * g.c_out * taps if reorder
                else STRIDED_READ_PASSES * added)
-            + PASSES_PER_RUN * inputs * taps * g.groups * len(numpy_col2im.gemm_chunks(
+            + COL2IM_PASSES_PER_RUN * inputs * taps * g.groups * len(numpy_col2im.gemm_chunks(
                 g, compute_dtype(dtype).itemsize, TEMP_BUDGET_BYTES // _parts(g))[0])
             + (g.c_out * outputs if not disjoint or not numpy_col2im.covers(g) else 0)
             + (0 if g.channels_last else TRANSPOSE_PASSES * g.c_out * outputs)
