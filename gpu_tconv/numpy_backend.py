@@ -303,7 +303,9 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
       along every dimension but the last (:mod:`gpu_tconv.numpy_hybrid`), and which
       initializes the output and, for float16 or channels-last outputs, copies it out of
       an accumulator (``3 C_out O`` either way: counting one pass where it adds in place
-      picked it on three stride-1 layers where gather was 5 to 10% faster);
+      picked it on three stride-1 layers where gather was 5 to 10% faster); its copies
+      and additions run along rows of the output's last dimension, one run each
+      (sweep 31's sublattice, rows of 6: 4.8 ms against col2im's 1.4);
     - ``col2im`` multiplies over the input pixels only (``I``, not ``F``: what decides
       small images with large kernels or strides), copies the input once (``2 C_in I``)
       and adds each tap's block into the output, or copies it there where taps never
@@ -365,6 +367,8 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
             columns * (2 * g.c_in * g.kernel[-1] + 3 * g.c_out * outer
                        + gemm * (1 + GATHER_GEMM_PENALTY))
             + 3 * g.c_out * outputs + PASSES_PER_CALL * (2 * g.kernel[-1] + 3 * outer)
+            + PASSES_PER_RUN * columns // g.out_size[-1]
+            * (g.c_in * g.kernel[-1] + g.c_out * outer)
             + per_group)
     if applies(g, "windows", dtype):
         padded, blocks, window, row = numpy_windows.sizes(g)
@@ -477,15 +481,24 @@ def _into(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: Geometr
     lattice = numpy_sublattice.reduce(g)
     if lattice is not None:
         g2, keep = lattice
+        if method is not None:
+            _check(g, method, x.dtype)  # (also where no output is on the sublattice)
+        where = (lambda dims: (slice(None),) + dims + (slice(None),)) if g.channels_last \
+            else (lambda dims: (slice(None), slice(None)) + dims)
         # Outputs off the sublattice are reached by no tap: the bias, as everywhere.
-        if bias is None:
-            y[...] = 0
+        constant = 0 if bias is None else \
+            bias if g.channels_last else bias.reshape((g.c_out,) + (1,) * g.rank)
+        if not math.prod(g2.out_size) or keep[-1].step > 2:
+            # (off the sublattice along the last dimension, every c-th element is
+            # written apart, each its own run: with c > 2 one contiguous fill of the
+            # whole output costs less; sweep 04, k1 s5 there: 1.3 ms against 2.4)
+            y[...] = constant
         else:
-            y[...] = bias if g.channels_last else bias.reshape((g.c_out,) + (1,) * g.rank)
-        spatial = (slice(None),) + keep + (slice(None),) if g.channels_last \
-            else (slice(None), slice(None)) + keep
-        if math.prod(g2.out_size):
-            _into(x, weight, bias, g2, method, y[spatial])
+            for dims in numpy_sublattice.unreached(g, keep):
+                y[where(dims)] = constant
+        if not math.prod(g2.out_size):
+            return
+        _into(x, weight, bias, g2, method, y[where(keep)])
         return
     if method is None:
         method = choose_method(g, x.dtype)
@@ -518,8 +531,7 @@ def _into(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: Geometr
     # within its share of the temporaries' budget.
     parts = _parts(g, method)
     budget = TEMP_BUDGET_BYTES // parts
-    if method not in METHODS or not applies(g, method, x.dtype):
-        raise ValueError(f"method {method!r} cannot compute this layer")
+    _check(g, method, x.dtype)
 
     def part(k: int) -> None:
         samples = slice(g.batch * k // parts, g.batch * (k + 1) // parts)
@@ -552,6 +564,11 @@ def _into(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: Geometr
                              y_view[where], budget)
 
     cpu_threads.run_pieces([functools.partial(part, k) for k in range(parts)], parts)
+
+
+def _check(g: Geometry, method: str, dtype) -> None:
+    if method not in METHODS or not applies(g, method, dtype):
+        raise ValueError(f"method {method!r} cannot compute this layer")
 
 
 def compute_dtype(dtype) -> np.dtype:
