@@ -278,6 +278,7 @@ PASSES_PER_RUN = 3
 COL2IM_PASSES_PER_RUN = 10
 
 
+
 def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
     """The modelled time of every formulation that can compute ``g`` whole (no output
     boxes: see :func:`method_costs`), in element passes
@@ -325,8 +326,10 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
       :data:`WINDOWS_GEMM_PASSES` beyond its flops, and copies its result into the
       output (``2 C_out S J``: phase by phase, or in 1-D in one run per channel), one
       BLAS call per sample and group (:data:`BLAS_CALL_PASSES`; in 1-D per output
-      channel too). In 1-D its GEMMs take rows of ``L`` blocks, whose window is
-      ``Q + L - 1`` positions.
+      channel too), and first copies the weight, zero-padded to whole strides,
+      transposed (:data:`TRANSPOSE_PASSES` per element: sweep 44's 21 x 714 x 6 x 6
+      weight took 3.5 ms of its 5.4). In 1-D its GEMMs take rows of ``L`` blocks, whose
+      window is ``Q + L - 1`` positions.
 
     Beyond the first group, each group's GEMM costs the other formulations one more BLAS
     call. Strided copies and additions pay per contiguous run: the phases' writes into
@@ -384,7 +387,8 @@ def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
             + WINDOWS_GEMM_PASSES * (g.c_in * window * blocks + phases_out)
             + BLAS_CALL_PASSES * g.groups * (g.c_out_per_group if g.rank == 1 else 1)) \
             + PASSES_PER_CALL * (6 + (0 if g.rank == 1 else math.prod(g.stride))) \
-            * numpy_windows.steps(g, compute_dtype(dtype).itemsize, TEMP_BUDGET_BYTES)
+            * numpy_windows.steps(g, compute_dtype(dtype).itemsize, TEMP_BUDGET_BYTES) \
+            + TRANSPOSE_PASSES * g.c_in * g.c_out_per_group * window * math.prod(g.stride)
         if numpy_windows.parts(g) > 1:
             costs["windows"] *= numpy_windows.PARALLEL_TIME
     if applies(g, "col2im", dtype):
