@@ -278,7 +278,6 @@ PASSES_PER_RUN = 3
 COL2IM_PASSES_PER_RUN = 10
 
 
-
 def _untiled_costs(g: Geometry, dtype=np.float32) -> dict[str, float]:
     """The modelled time of every formulation that can compute ``g`` whole (no output
     boxes: see :func:`method_costs`), in element passes
@@ -487,22 +486,23 @@ def _into(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: Geometr
         g2, keep = lattice
         if method is not None:
             _check(g, method, x.dtype)  # (also where no output is on the sublattice)
-        where = (lambda dims: (slice(None),) + dims + (slice(None),)) if g.channels_last \
-            else (lambda dims: (slice(None), slice(None)) + dims)
+        # The spatial axes of y: after batch and channels, or between batch and channels.
+        lead, tail = ((slice(None),), (slice(None),)) if g.channels_last \
+            else ((slice(None), slice(None)), ())
         # Outputs off the sublattice are reached by no tap: the bias, as everywhere.
         constant = 0 if bias is None else \
             bias if g.channels_last else bias.reshape((g.c_out,) + (1,) * g.rank)
-        if not math.prod(g2.out_size) or keep[-1].step > 2:
+        empty = not math.prod(g2.out_size)
+        if empty or keep[-1].step > 2:
             # (off the sublattice along the last dimension, every c-th element is
             # written apart, each its own run: with c > 2 one contiguous fill of the
             # whole output costs less; sweep 04, k1 s5 there: 1.3 ms against 2.4)
             y[...] = constant
         else:
             for dims in numpy_sublattice.unreached(g, keep):
-                y[where(dims)] = constant
-        if not math.prod(g2.out_size):
-            return
-        _into(x, weight, bias, g2, method, y[where(keep)])
+                y[lead + dims + tail] = constant
+        if not empty:
+            _into(x, weight, bias, g2, method, y[lead + keep + tail])
         return
     if method is None:
         method = choose_method(g, x.dtype)
@@ -571,6 +571,7 @@ def _into(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: Geometr
 
 
 def _check(g: Geometry, method: str, dtype) -> None:
+    """A ``ValueError`` unless ``method`` is a formulation that can compute ``g``."""
     if method not in METHODS or not applies(g, method, dtype):
         raise ValueError(f"method {method!r} cannot compute this layer")
 
@@ -1037,11 +1038,13 @@ def applies(g: Geometry, method: str, dtype=np.float32) -> bool:
 #: The numeric module constants the cost model reads, per module a getter of them all:
 #: the key of :func:`choose_method`'s memo (one getter per module, not one getattr per
 #: constant, because the key is built on every call).
+def _constant_names(module) -> list[str]:
+    return [name for name, value in sorted(vars(module).items())
+            if name.isupper() and isinstance(value, (int, float)) and not isinstance(value, bool)]
+
+
 _MODEL_CONSTANTS = tuple(
-    (module, operator.attrgetter(*names)) for module, names in (
-        (module, [name for name, value in sorted(vars(module).items())
-                  if name.isupper() and isinstance(value, (int, float))
-                  and not isinstance(value, bool)])
-        for module in (sys.modules[__name__], numpy_col2im, numpy_hybrid, numpy_stacked,
-                       numpy_windows))
-    if names)
+    (module, operator.attrgetter(*names))
+    for module in (sys.modules[__name__], numpy_col2im, numpy_hybrid, numpy_stacked,
+                   numpy_windows)
+    if (names := _constant_names(module)))

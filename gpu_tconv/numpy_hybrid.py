@@ -141,14 +141,13 @@ def compute(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, g: Geometry,
             if reach is None:  # the tap moves every input out of the output
                 dst[...] = 0
                 continue
-            if reach.stop - reach.start < w_out:
+            if w_out <= FILL_ROW_MAX and reach.stop - reach.start < w_out:
                 # Zeroing the ends writes a run of one or two elements per row: on short
                 # rows one contiguous fill of the whole copy costs less.
-                if w_out <= FILL_ROW_MAX:
-                    dst[...] = 0
-                else:
-                    dst[..., :reach.start] = 0
-                    dst[..., reach.stop:] = 0
+                dst[...] = 0
+            else:
+                dst[..., :reach.start] = 0
+                dst[..., reach.stop:] = 0
             dst[..., reach] = src[..., reach.start - q:reach.stop - q]
         if cin_g * taps_last == 1:  # an outer product: no GEMM per group
             np.multiply(lhs, copies.reshape(groups, 1, width), out=cols)

@@ -23,9 +23,9 @@ computed as ``(C_out/G * S, J)`` and each phase copied into the output with runs
 long as the blocks' rows. This suits layers
 whose GEMMs are small and many (depthwise, grouped), where the other formulations'
 NumPy calls, additions and phase interleaving dominate, and strided layers of one group
-with few input channels and many taps, whose one GEMM it makes tall instead of a
-GEMM of a few output channels' rows per phase (sweep 16 of the CPU benchmark, 3-D
-k3x6x5 s2 with 2 > 21 channels: 2.2 ms against gather's 4.2). It multiplies the zeros of the
+with few input channels and many taps, whose one GEMM it makes tall instead of a GEMM
+of a few output channels' rows per phase (sweep 16 of the CPU benchmark, 3-D k3x6x5 s2
+with 2 > 21 channels: 2.2 ms against gather's 4.2). It multiplies the zeros of the
 padded window (``Q*S`` positions for ``prod(kernel)`` taps); its temporaries (the
 padded input, its windows, the GEMM's result) live in the backend's scratch memory.
 """

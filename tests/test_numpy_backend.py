@@ -410,9 +410,10 @@ def test_col2im_in_blocks_of_samples_is_the_same(p: Problem, dtype):
        dtype=st.sampled_from([np.float64, np.float32]))
 def test_layers_whose_stride_and_dilation_share_a_factor_are_right(p: Problem, method, layout,
                                                                    dtype):
-    # Where gcd(stride, dilation) = c > 1, only every c-th
-    # output is reached: the formulations compute the smaller layer on that sublattice,
-    # and every other output must be the bias itself (or zero).
+    # Where gcd(stride, dilation) = c > 1, only every c-th output is reached: the
+    # formulations compute the smaller layer on that sublattice, and every other output
+    # must be the bias itself (or zero), whether it is written alone (c = 2 along the
+    # last dimension) or by a fill of the whole output first (c > 2).
     stride, dilation = (np.broadcast_to(p.params[key], (p.x.ndim - 2,))
                         for key in ("stride", "dilation"))
     factors = [math.gcd(int(s), int(d)) for s, d in zip(stride, dilation)]
